@@ -1,0 +1,240 @@
+//! `corral doctor`: the consistency check of a home. It finds what a crash, a hand edit or a
+//! bash script can leave behind (a spec in two directories, a status that disagrees with its
+//! directory, bad JSON, symlinks, stale staging files, budget drift) and, with `--fix`,
+//! repairs what is safe to repair, saying what it did.
+
+use crate::budget::{self, RecalcOptions};
+use crate::error::Result;
+use crate::events::{self, Event, EventType};
+use crate::home::{Home, StateDir};
+use crate::spec::{self, Status};
+use crate::store::{self, ReadError};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::{Duration, SystemTime};
+
+/// Staging files younger than this may belong to a write in progress.
+pub const TMP_GRACE: Duration = Duration::from_secs(2);
+
+/// One problem found.
+#[derive(Debug, Clone, Serialize)]
+pub struct Finding {
+    pub kind: &'static str,
+    pub path: String,
+    pub detail: String,
+    /// What `--fix` did about it, if anything.
+    pub fixed: Option<String>,
+}
+
+/// Runs every check; with `fix`, repairs as it goes.
+pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
+    let mut out = Vec::new();
+    let mut seen: BTreeMap<String, Vec<StateDir>> = BTreeMap::new();
+    for dir in StateDir::ALL {
+        let d = home.specs_dir(dir);
+        let rd = match std::fs::read_dir(&d) {
+            Ok(rd) => rd,
+            Err(_) => continue,
+        };
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter_map(|e| e.file_name().to_str().map(String::from))
+            .collect();
+        names.sort();
+        for name in names {
+            let p = d.join(&name);
+            let Some(id) = name.strip_suffix(".json") else {
+                continue;
+            };
+            match spec::read_for_scan(&p) {
+                Ok(s) => {
+                    seen.entry(id.to_string()).or_default().push(dir);
+                    if s.worker_id != id {
+                        out.push(bad(
+                            home,
+                            fix,
+                            "id_mismatch",
+                            &p,
+                            format!("file name says {id}, spec says {}", s.worker_id),
+                        )?);
+                    } else if !s.status.fits(dir) {
+                        let mut f = Finding {
+                            kind: "status_mismatch",
+                            path: p.display().to_string(),
+                            detail: format!(
+                                "status {} in {}/ (belongs in {}/)",
+                                s.status,
+                                dir.name(),
+                                s.status.home_dir().name()
+                            ),
+                            fixed: None,
+                        };
+                        if fix {
+                            f.fixed = Some(settle_mismatch(home, id, dir, s.status)?);
+                        }
+                        out.push(f);
+                    }
+                }
+                Err(ReadError::Missing) => {}
+                Err(ReadError::Refused(why)) => out.push(bad(home, fix, "invalid_spec", &p, why)?),
+                Err(ReadError::Io(e)) => return Err(e),
+            }
+        }
+    }
+    for (id, dirs) in seen.iter().filter(|(_, d)| d.len() > 1) {
+        // The furthest state is the truth: a move renames forward, never back.
+        let keep = dirs
+            .iter()
+            .copied()
+            .max_by_key(|d| rank(*d))
+            .unwrap_or(StateDir::Active);
+        for d in dirs.iter().filter(|d| **d != keep) {
+            let p = home.spec_path(*d, id);
+            let mut f = Finding {
+                kind: "duplicate_spec",
+                path: p.display().to_string(),
+                detail: format!("{id} is in both {}/ and {}/", d.name(), keep.name()),
+                fixed: None,
+            };
+            if fix {
+                let _g = spec::lock(home, id)?;
+                let q = quarantine(
+                    home,
+                    &p,
+                    &format!("duplicate of {}", home.spec_path(keep, id).display()),
+                )?;
+                f.fixed = Some(format!("quarantined as {}", q.display()));
+            }
+            out.push(f);
+        }
+    }
+    let tmp = home.tmp_dir();
+    if let Ok(rd) = std::fs::read_dir(&tmp) {
+        for e in rd.filter_map(|e| e.ok()) {
+            let p = e.path();
+            let old = e
+                .metadata()
+                .and_then(|m| m.modified())
+                .map(|t| SystemTime::now().duration_since(t).unwrap_or_default() >= TMP_GRACE)
+                .unwrap_or(true);
+            if !old || p.file_name().is_some_and(|n| n == ".keep") {
+                continue;
+            }
+            let mut f = Finding {
+                kind: "leftover_tmp",
+                path: p.display().to_string(),
+                detail: "staging file of an interrupted write".into(),
+                fixed: None,
+            };
+            if fix {
+                std::fs::remove_file(&p).map_err(|e| {
+                    crate::error::Error::io(format!("cannot remove {}", p.display()), e)
+                })?;
+                f.fixed = Some("removed".into());
+            }
+            out.push(f);
+        }
+    }
+    let drift = budget::recalc(
+        home,
+        &RecalcOptions {
+            check_only: !fix,
+            ..Default::default()
+        },
+    )?;
+    if drift.any() {
+        out.push(Finding {
+            kind: "budget_drift",
+            path: home.budget_path().display().to_string(),
+            detail: format!(
+                "file says used {} consumed {}, specs say used {} consumed {}",
+                drift.before.used, drift.before.consumed, drift.after.used, drift.after.consumed
+            ),
+            fixed: fix.then(|| format!("recalculated: available {}", drift.after.available)),
+        });
+        if fix {
+            events::emit(home, budget_event(&drift));
+        }
+    }
+    Ok(out)
+}
+
+/// The `budget_recalculated` event for a drift.
+pub fn budget_event(d: &budget::Drift) -> Event {
+    Event::new(
+        EventType::BudgetRecalculated,
+        format!(
+            "budget recalculated: used {:+}, consumed {:+}, available {:+}",
+            d.used_drift, d.consumed_drift, d.available_drift
+        ),
+    )
+    .with("used_drift", d.used_drift)
+    .with("consumed_drift", d.consumed_drift)
+    .with("available_drift", d.available_drift)
+    .with("used", d.after.used)
+    .with("consumed", d.after.consumed)
+    .with("available", d.after.available)
+    .with("total", d.after.total)
+}
+
+fn rank(d: StateDir) -> u8 {
+    match d {
+        StateDir::Active => 0,
+        StateDir::Zombie => 1,
+        StateDir::Completed => 2,
+        StateDir::Archived => 3,
+    }
+}
+
+fn bad(
+    home: &Home,
+    fix: bool,
+    kind: &'static str,
+    p: &std::path::Path,
+    why: String,
+) -> Result<Finding> {
+    let mut f = Finding {
+        kind,
+        path: p.display().to_string(),
+        detail: why.clone(),
+        fixed: None,
+    };
+    if fix {
+        let q = quarantine(home, p, &why)?;
+        f.fixed = Some(format!("quarantined as {}", q.display()));
+    }
+    Ok(f)
+}
+
+/// Quarantines a file with a `spec_quarantined` event.
+pub fn quarantine(home: &Home, p: &std::path::Path, why: &str) -> Result<PathBuf> {
+    let q = store::quarantine(home, p, why)?;
+    events::emit(
+        home,
+        Event::new(
+            EventType::SpecQuarantined,
+            format!("quarantined {}: {why}", p.display()),
+        )
+        .with("path", p.display().to_string())
+        .with("quarantined_as", q.display().to_string())
+        .with("reason", why),
+    );
+    Ok(q)
+}
+
+fn settle_mismatch(home: &Home, id: &str, dir: StateDir, status: Status) -> Result<String> {
+    let _g = spec::lock(home, id)?;
+    let Some((now_dir, _)) = spec::locate(home, id) else {
+        return Ok("already gone".into());
+    };
+    if now_dir != dir {
+        return Ok(format!("moved on to {}/ meanwhile", now_dir.name()));
+    }
+    let to = status.home_dir();
+    if spec::locate_in(home, id, to) {
+        return Ok(format!("left alone: {}/ holds a copy too", to.name()));
+    }
+    store::move_file(&home.spec_path(dir, id), &home.spec_path(to, id))?;
+    Ok(format!("moved to {}/ to match its status", to.name()))
+}

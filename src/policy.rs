@@ -1,0 +1,334 @@
+//! Configuration read from the home: the heartbeat policy (liveness, health, restart and
+//! resource thresholds) and per-type worker defaults. The effective policy is file, then
+//! environment (`CORRAL_HEARTBEAT__ZOMBIE_SECONDS=5`, `CORRAL_HEARTBEAT__RESTART__MAX_RETRIES=1`:
+//! a double underscore separates section and key), then flags; so tests and operators can
+//! shorten thresholds without editing files.
+
+use crate::error::{Error, Result};
+use crate::home::Home;
+use crate::schema::{self, Kind};
+use crate::spec::Priority;
+use crate::store;
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+use std::collections::BTreeMap;
+
+/// Health-score weights (DESIGN.md §6).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HealthPolicy {
+    pub missed_interval_penalty: f64,
+    pub cpu_high_percent: f64,
+    pub cpu_high_penalty: f64,
+    pub cpu_warn_percent: f64,
+    pub cpu_warn_penalty: f64,
+    pub rss_high_mb: f64,
+    pub rss_high_penalty: f64,
+    pub rss_warn_mb: f64,
+    pub rss_warn_penalty: f64,
+    pub tokens_low_fraction: f64,
+    pub tokens_low_penalty: f64,
+    pub tokens_warn_fraction: f64,
+    pub tokens_warn_penalty: f64,
+}
+
+impl Default for HealthPolicy {
+    fn default() -> Self {
+        HealthPolicy {
+            missed_interval_penalty: 5.0,
+            cpu_high_percent: 80.0,
+            cpu_high_penalty: 30.0,
+            cpu_warn_percent: 60.0,
+            cpu_warn_penalty: 15.0,
+            rss_high_mb: 1024.0,
+            rss_high_penalty: 30.0,
+            rss_warn_mb: 512.0,
+            rss_warn_penalty: 15.0,
+            tokens_low_fraction: 0.10,
+            tokens_low_penalty: 40.0,
+            tokens_warn_fraction: 0.25,
+            tokens_warn_penalty: 20.0,
+        }
+    }
+}
+
+/// Restart policy (DESIGN.md §6).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct RestartPolicy {
+    pub enabled: bool,
+    pub max_retries: u32,
+    pub base_seconds: f64,
+    pub max_seconds: f64,
+    pub breaker_consecutive_failures: u32,
+    pub breaker_reset_seconds: f64,
+    pub rate_global_per_minute: u32,
+    pub rate_per_type_per_minute: u32,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy {
+            enabled: true,
+            max_retries: 3,
+            base_seconds: 30.0,
+            max_seconds: 300.0,
+            breaker_consecutive_failures: 3,
+            breaker_reset_seconds: 1800.0,
+            rate_global_per_minute: 10,
+            rate_per_type_per_minute: 3,
+        }
+    }
+}
+
+impl RestartPolicy {
+    /// Delay before attempt `n` (1-based): `base·2^(n−1)`, capped at `max_seconds`.
+    pub fn backoff_seconds(&self, attempt: u32) -> f64 {
+        let exp = attempt.saturating_sub(1).min(30);
+        (self.base_seconds * f64::from(1u32 << exp)).min(self.max_seconds)
+    }
+}
+
+/// Event log rotation.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct EventsPolicy {
+    pub max_bytes: u64,
+    pub keep: u32,
+}
+
+impl Default for EventsPolicy {
+    fn default() -> Self {
+        EventsPolicy {
+            max_bytes: 64 * 1024 * 1024,
+            keep: 5,
+        }
+    }
+}
+
+/// The heartbeat policy: every key optional in the file, defaults as in DESIGN.md §6.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(default)]
+pub struct HeartbeatPolicy {
+    pub heartbeat_interval_seconds: f64,
+    pub warning_seconds: f64,
+    pub critical_seconds: f64,
+    pub zombie_seconds: f64,
+    pub pending_timeout_seconds: f64,
+    pub idle_timeout_seconds: f64,
+    pub grace_seconds: f64,
+    pub check_orphans: bool,
+    pub stuck_task_seconds: f64,
+    pub starvation_seconds: f64,
+    pub cpu_threshold_percent: f64,
+    pub memory_threshold_percent: f64,
+    pub alert_command: Vec<String>,
+    pub summary_interval_seconds: f64,
+    pub prometheus_interval_seconds: f64,
+    pub health: HealthPolicy,
+    pub restart: RestartPolicy,
+    pub events: EventsPolicy,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Default for HeartbeatPolicy {
+    fn default() -> Self {
+        HeartbeatPolicy {
+            heartbeat_interval_seconds: 30.0,
+            warning_seconds: 60.0,
+            critical_seconds: 120.0,
+            zombie_seconds: 300.0,
+            pending_timeout_seconds: 60.0,
+            idle_timeout_seconds: 0.0,
+            grace_seconds: 5.0,
+            check_orphans: false,
+            stuck_task_seconds: 300.0,
+            starvation_seconds: 300.0,
+            cpu_threshold_percent: 90.0,
+            memory_threshold_percent: 90.0,
+            alert_command: Vec::new(),
+            summary_interval_seconds: 60.0,
+            prometheus_interval_seconds: 15.0,
+            health: HealthPolicy::default(),
+            restart: RestartPolicy::default(),
+            events: EventsPolicy::default(),
+            extra: Map::new(),
+        }
+    }
+}
+
+/// The env prefix for policy overrides.
+pub const ENV_PREFIX: &str = "CORRAL_HEARTBEAT__";
+
+/// Applies `CORRAL_HEARTBEAT__A__B=v` overrides from `vars` to a policy document. Values
+/// parse as JSON when they can (numbers, booleans, arrays), else as strings.
+pub fn apply_env(doc: &mut Value, vars: impl IntoIterator<Item = (String, String)>) {
+    for (k, v) in vars {
+        let Some(rest) = k.strip_prefix(ENV_PREFIX) else {
+            continue;
+        };
+        let path: Vec<String> = rest.split("__").map(str::to_ascii_lowercase).collect();
+        if path.iter().any(String::is_empty) {
+            continue;
+        }
+        let value = serde_json::from_str(&v).unwrap_or(Value::String(v));
+        let mut cur = &mut *doc;
+        for (i, key) in path.iter().enumerate() {
+            if !cur.is_object() {
+                *cur = Value::Object(Map::new());
+            }
+            let Some(obj) = cur.as_object_mut() else {
+                break;
+            };
+            if i + 1 == path.len() {
+                obj.insert(key.clone(), value.clone());
+                break;
+            }
+            cur = obj
+                .entry(key.clone())
+                .or_insert_with(|| Value::Object(Map::new()));
+        }
+    }
+}
+
+impl HeartbeatPolicy {
+    /// Loads the policy file (missing file: defaults), applies the environment, validates.
+    pub fn load(home: &Home) -> Result<HeartbeatPolicy> {
+        let path = home.policy_path();
+        let mut doc = match store::read_json(&path) {
+            Ok(v) => v,
+            Err(store::ReadError::Missing) => Value::Object(Map::new()),
+            Err(e) => return Err(e.into_error(&path)),
+        };
+        apply_env(&mut doc, std::env::vars());
+        HeartbeatPolicy::from_value(doc)
+    }
+
+    /// Validates and loads a policy document.
+    pub fn from_value(doc: Value) -> Result<HeartbeatPolicy> {
+        schema::validate(Kind::HeartbeatPolicy, &doc)?;
+        serde_json::from_value(doc)
+            .map_err(|e| Error::Invalid(format!("invalid heartbeat policy: {e}")))
+    }
+}
+
+/// Defaults for one worker type.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct WorkerType {
+    #[serde(default)]
+    pub tokens: Option<u64>,
+    #[serde(default)]
+    pub timeout_minutes: Option<u64>,
+    #[serde(default)]
+    pub command: Option<Vec<String>>,
+    #[serde(default)]
+    pub max_retries: Option<u32>,
+    #[serde(default)]
+    pub priority: Option<Priority>,
+    #[serde(default)]
+    pub description: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+/// `config/worker-types.json`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct WorkerTypes {
+    pub types: BTreeMap<String, WorkerType>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl WorkerTypes {
+    /// Loads and validates the file (missing: no types).
+    pub fn load(home: &Home) -> Result<WorkerTypes> {
+        let path = home.worker_types_path();
+        let doc = match store::read_json(&path) {
+            Ok(v) => v,
+            Err(store::ReadError::Missing) => return Ok(WorkerTypes::default()),
+            Err(e) => return Err(e.into_error(&path)),
+        };
+        schema::validate(Kind::WorkerTypes, &doc)?;
+        serde_json::from_value(doc)
+            .map_err(|e| Error::Invalid(format!("invalid worker types: {e}")))
+    }
+
+    /// The type's defaults; exit 6 naming the known types when it is not configured.
+    pub fn get(&self, name: &str) -> Result<&WorkerType> {
+        self.types.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.types.keys().map(String::as_str).collect();
+            Error::Invalid(format!(
+                "unknown worker type {name:?} (configured in config/worker-types.json: {})",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ))
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn env_overrides_sections_and_keys() {
+        let mut doc = json!({"zombie_seconds": 300, "restart": {"max_retries": 3}});
+        apply_env(
+            &mut doc,
+            vec![
+                ("CORRAL_HEARTBEAT__ZOMBIE_SECONDS".into(), "5".into()),
+                ("CORRAL_HEARTBEAT__RESTART__MAX_RETRIES".into(), "1".into()),
+                (
+                    "CORRAL_HEARTBEAT__ALERT_COMMAND".into(),
+                    "[\"/bin/true\"]".into(),
+                ),
+                ("UNRELATED".into(), "x".into()),
+            ],
+        );
+        let p = HeartbeatPolicy::from_value(doc).unwrap();
+        assert_eq!(p.zombie_seconds, 5.0);
+        assert_eq!(p.restart.max_retries, 1);
+        assert_eq!(p.alert_command, vec!["/bin/true".to_string()]);
+        assert_eq!(p.warning_seconds, 60.0);
+    }
+
+    #[test]
+    fn bad_values_are_refused() {
+        assert!(HeartbeatPolicy::from_value(json!({"zombie_seconds": "soon"})).is_err());
+        assert!(HeartbeatPolicy::from_value(json!({"cpu_threshold_percent": 150})).is_err());
+    }
+
+    #[test]
+    fn backoff_doubles_and_caps() {
+        let r = RestartPolicy::default();
+        assert_eq!(r.backoff_seconds(1), 30.0);
+        assert_eq!(r.backoff_seconds(2), 60.0);
+        assert_eq!(r.backoff_seconds(4), 240.0);
+        assert_eq!(r.backoff_seconds(5), 300.0);
+        assert_eq!(r.backoff_seconds(99), 300.0);
+    }
+
+    #[test]
+    fn template_files_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        home.init(false).unwrap();
+        let file: Value =
+            serde_json::from_str(&std::fs::read_to_string(home.policy_path()).unwrap()).unwrap();
+        assert_eq!(
+            HeartbeatPolicy::from_value(file).unwrap(),
+            HeartbeatPolicy::default()
+        );
+        let types = WorkerTypes::load(&home).unwrap();
+        assert_eq!(
+            types.get("implementation-worker").unwrap().tokens,
+            Some(100_000)
+        );
+        assert!(types.get("nope").is_err());
+    }
+}
