@@ -4,7 +4,7 @@
 //! and `tail -F` can read it; this library makes every change to those files atomic, locked,
 //! validated and logged. Modules are layered, each importing only those above it in this
 //! list: `error` → `id`, `time`, `schema`, `process` → `home` → `store` → `spec`, `events`,
-//! `policy` → `budget` → `lifecycle` → `doctor` → `cli`, `cmd`.
+//! `policy` → `budget`, `queue` → `lifecycle`, `view` → `doctor`, `monitor` → `cli`, `cmd`.
 
 pub mod budget;
 pub mod cli;
@@ -15,12 +15,15 @@ pub mod events;
 pub mod home;
 pub mod id;
 pub mod lifecycle;
+pub mod monitor;
 pub mod policy;
 pub mod process;
+pub mod queue;
 pub mod schema;
 pub mod spec;
 pub mod store;
 pub mod time;
+pub mod view;
 
 pub use error::{Error, Result};
 pub use home::{Home, StateDir};
