@@ -4,7 +4,7 @@
 //! and `tail -F` can read it; this library makes every change to those files atomic, locked,
 //! validated and logged. Modules are layered, each importing only those above it in this
 //! list: `error` → `id`, `time`, `schema`, `process` → `home` → `store` → `spec`, `events`,
-//! `policy` → `budget`, `queue` → `lifecycle`, `view` → `doctor`, `monitor` → `cli`, `cmd`.
+//! `policy` → `budget`, `queue` → `lifecycle`, `view` → `doctor`, `shutdown` → `monitor` → `cli`, `cmd`.
 
 pub mod budget;
 pub mod cli;
@@ -20,6 +20,7 @@ pub mod policy;
 pub mod process;
 pub mod queue;
 pub mod schema;
+pub mod shutdown;
 pub mod spec;
 pub mod store;
 pub mod time;
