@@ -142,18 +142,6 @@ pub fn spawn(home: &Home, req: &SpawnRequest) -> Result<Vec<WorkerSpec>> {
     }
     let pool = req.count > 1;
     let session = specs.first().and_then(|s| s.session_id.clone());
-    if pool {
-        events::emit(
-            home,
-            Event::new(
-                EventType::PoolStarting,
-                format!("starting pool of {} {}", req.count, req.worker_type),
-            )
-            .session(session.as_deref())
-            .with("worker_type", req.worker_type.clone())
-            .with("count", req.count),
-        );
-    }
     // An operator-chosen id is locked first (lock order: worker before budget).
     let _named = match &req.id {
         Some(id) => {
@@ -173,6 +161,19 @@ pub fn spawn(home: &Home, req: &SpawnRequest) -> Result<Vec<WorkerSpec>> {
         b.budget.reserve(need)?;
         // Saved before the specs: a crash in between over-reserves (safe), never over-spends.
         b.save()?;
+        // Only once the reservation holds: a pool that does not fit writes nothing.
+        if pool {
+            events::emit(
+                home,
+                Event::new(
+                    EventType::PoolStarting,
+                    format!("starting pool of {} {}", req.count, req.worker_type),
+                )
+                .session(session.as_deref())
+                .with("worker_type", req.worker_type.clone())
+                .with("count", req.count),
+            );
+        }
         let mut written = 0usize;
         let res: Result<()> = (|| {
             for s in specs.iter_mut() {
