@@ -388,7 +388,7 @@ pub fn find_reusable(home: &Home, worker_type: &str) -> Result<Option<WorkerSpec
     for s in specs {
         if s.worker_type != worker_type
             || s.status != Status::Idle
-            || s.heartbeat.health_score < 80.0
+            || s.heartbeat.health_score < 80
         {
             continue;
         }

@@ -140,8 +140,9 @@ pub struct TokenBudget {
 pub struct Heartbeat {
     #[serde(default, with = "serde_ts::option")]
     pub last_seen: Option<Timestamp>,
-    #[serde(default = "full_health")]
-    pub health_score: f64,
+    /// 0–100, an integer as the runbook sorts it; any JSON number is accepted on read.
+    #[serde(default = "full_health", deserialize_with = "score_from_number")]
+    pub health_score: u32,
     #[serde(default)]
     pub health: Option<String>,
     #[serde(default)]
@@ -154,15 +155,20 @@ pub struct Heartbeat {
     pub extra: Map<String, Value>,
 }
 
-fn full_health() -> f64 {
-    100.0
+fn full_health() -> u32 {
+    100
+}
+
+fn score_from_number<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<u32, D::Error> {
+    let n = f64::deserialize(d)?;
+    Ok(n.round().clamp(0.0, 100.0) as u32)
 }
 
 impl Default for Heartbeat {
     fn default() -> Self {
         Heartbeat {
             last_seen: None,
-            health_score: 100.0,
+            health_score: 100,
             health: Some("healthy".into()),
             sequence: 0,
             message: None,
@@ -173,10 +179,10 @@ impl Default for Heartbeat {
 }
 
 /// Health band for a score (DESIGN.md §6).
-pub fn health_band(score: f64) -> &'static str {
-    if score >= 80.0 {
+pub fn health_band(score: u32) -> &'static str {
+    if score >= 80 {
         "healthy"
-    } else if score >= 50.0 {
+    } else if score >= 50 {
         "degraded"
     } else {
         "unhealthy"
@@ -519,8 +525,8 @@ mod tests {
 
     #[test]
     fn health_bands() {
-        assert_eq!(health_band(80.0), "healthy");
-        assert_eq!(health_band(79.0), "degraded");
-        assert_eq!(health_band(49.0), "unhealthy");
+        assert_eq!(health_band(80), "healthy");
+        assert_eq!(health_band(79), "degraded");
+        assert_eq!(health_band(49), "unhealthy");
     }
 }
