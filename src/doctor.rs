@@ -27,15 +27,16 @@ pub struct Finding {
     pub fixed: Option<String>,
 }
 
-/// Runs every check; with `fix`, repairs as it goes.
+/// Runs every check; with `fix`, repairs what is safe. The state directories are scanned
+/// completely before anything is moved, so a repair never makes a spec count twice.
 pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
-    let mut seen: BTreeMap<String, Vec<StateDir>> = BTreeMap::new();
+    let mut seen: BTreeMap<String, Vec<(StateDir, Status)>> = BTreeMap::new();
+    let mut refused = Vec::new();
     for dir in StateDir::ALL {
         let d = home.specs_dir(dir);
-        let rd = match std::fs::read_dir(&d) {
-            Ok(rd) => rd,
-            Err(_) => continue,
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
         };
         let mut names: Vec<String> = rd
             .filter_map(|e| e.ok())
@@ -48,48 +49,30 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
                 continue;
             };
             match spec::read_for_scan(&p) {
-                Ok(s) => {
-                    seen.entry(id.to_string()).or_default().push(dir);
-                    if s.worker_id != id {
-                        out.push(bad(
-                            home,
-                            fix,
-                            "id_mismatch",
-                            &p,
-                            format!("file name says {id}, spec says {}", s.worker_id),
-                        )?);
-                    } else if !s.status.fits(dir) {
-                        let mut f = Finding {
-                            kind: "status_mismatch",
-                            path: p.display().to_string(),
-                            detail: format!(
-                                "status {} in {}/ (belongs in {}/)",
-                                s.status,
-                                dir.name(),
-                                s.status.home_dir().name()
-                            ),
-                            fixed: None,
-                        };
-                        if fix {
-                            f.fixed = Some(settle_mismatch(home, id, dir, s.status)?);
-                        }
-                        out.push(f);
-                    }
-                }
+                Ok(s) if s.worker_id != id => refused.push((
+                    "id_mismatch",
+                    p,
+                    format!("file name says {id}, spec says {}", s.worker_id),
+                )),
+                Ok(s) => seen
+                    .entry(id.to_string())
+                    .or_default()
+                    .push((dir, s.status)),
                 Err(ReadError::Missing) => {}
-                Err(ReadError::Refused(why)) => out.push(bad(home, fix, "invalid_spec", &p, why)?),
+                Err(ReadError::Refused(why)) => refused.push(("invalid_spec", p, why)),
                 Err(ReadError::Io(e)) => return Err(e),
             }
         }
     }
-    for (id, dirs) in seen.iter().filter(|(_, d)| d.len() > 1) {
+    for (kind, p, why) in refused {
+        out.push(bad(home, fix, kind, &p, why)?);
+    }
+    for (id, copies) in &seen {
         // The furthest state is the truth: a move renames forward, never back.
-        let keep = dirs
-            .iter()
-            .copied()
-            .max_by_key(|d| rank(*d))
-            .unwrap_or(StateDir::Active);
-        for d in dirs.iter().filter(|d| **d != keep) {
+        let Some(&(keep, status)) = copies.iter().max_by_key(|(d, _)| rank(*d)) else {
+            continue;
+        };
+        for (d, _) in copies.iter().filter(|(d, _)| *d != keep) {
             let p = home.spec_path(*d, id);
             let mut f = Finding {
                 kind: "duplicate_spec",
@@ -105,6 +88,23 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
                     &format!("duplicate of {}", home.spec_path(keep, id).display()),
                 )?;
                 f.fixed = Some(format!("quarantined as {}", q.display()));
+            }
+            out.push(f);
+        }
+        if !status.fits(keep) {
+            let p = home.spec_path(keep, id);
+            let mut f = Finding {
+                kind: "status_mismatch",
+                path: p.display().to_string(),
+                detail: format!(
+                    "status {status} in {}/ (belongs in {}/)",
+                    keep.name(),
+                    status.home_dir().name()
+                ),
+                fixed: None,
+            };
+            if fix {
+                f.fixed = Some(settle_mismatch(home, id, keep, status)?);
             }
             out.push(f);
         }

@@ -31,7 +31,11 @@ impl Scene {
     pub fn with_tokens(total: u64) -> Scene {
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("home");
-        let s = Scene { dir, home, env: Vec::new() };
+        let s = Scene {
+            dir,
+            home,
+            env: Vec::new(),
+        };
         s.ok("corral", &["init", "--total-tokens", &total.to_string()]);
         s
     }
@@ -45,7 +49,10 @@ impl Scene {
     pub fn cmd(&self, name: &str) -> Command {
         let mut c = Command::new(bin(name));
         c.env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()))
+            .env(
+                "PATH",
+                std::env::var("PATH").unwrap_or_else(|_| "/usr/bin:/bin".into()),
+            )
             .env("LC_ALL", "C")
             .env("TZ", "UTC")
             .env("CORRAL_HOME", &self.home)
@@ -66,9 +73,17 @@ impl Scene {
     pub fn run_stdin(&self, name: &str, args: &[&str], input: &[u8]) -> Output {
         use std::io::Write;
         let mut c = self.cmd(name);
-        c.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+        c.args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
         let mut child = c.spawn().expect("spawn");
-        child.stdin.take().expect("stdin").write_all(input).expect("write stdin");
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input)
+            .expect("write stdin");
         child.wait_with_output().expect("wait")
     }
 
@@ -107,7 +122,10 @@ impl Scene {
 
     /// Path of a spec in a state dir.
     pub fn spec_path(&self, dir: &str, id: &str) -> PathBuf {
-        self.coord().join("worker-specs").join(dir).join(format!("{id}.json"))
+        self.coord()
+            .join("worker-specs")
+            .join(dir)
+            .join(format!("{id}.json"))
     }
 
     /// Reads a spec from a state dir.
@@ -129,7 +147,12 @@ impl Scene {
         let mut v: Vec<String> = std::fs::read_dir(self.coord().join("worker-specs").join(dir))
             .map(|rd| {
                 rd.filter_map(|e| e.ok())
-                    .filter_map(|e| e.file_name().to_str().and_then(|n| n.strip_suffix(".json")).map(String::from))
+                    .filter_map(|e| {
+                        e.file_name()
+                            .to_str()
+                            .and_then(|n| n.strip_suffix(".json"))
+                            .map(String::from)
+                    })
                     .collect()
             })
             .unwrap_or_default();
@@ -144,23 +167,38 @@ impl Scene {
 
     /// Every event in the current log, parsed (each line must be one JSON object).
     pub fn events(&self) -> Vec<Value> {
-        let text = std::fs::read_to_string(self.coord().join("dashboard-events.jsonl")).unwrap_or_default();
+        let text = std::fs::read_to_string(self.coord().join("dashboard-events.jsonl"))
+            .unwrap_or_default();
         text.lines()
-            .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}")))
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("event line is not JSON ({e}): {l}"))
+            })
             .collect()
     }
 
     /// Events of one type.
     pub fn events_of(&self, kind: &str) -> Vec<Value> {
-        self.events().into_iter().filter(|e| e["type"] == kind).collect()
+        self.events()
+            .into_iter()
+            .filter(|e| e["type"] == kind)
+            .collect()
     }
 
     /// The home's file tree, for failure reports.
     pub fn tree(&self) -> String {
         let mut out = String::new();
-        for e in walkdir::WalkDir::new(&self.home).sort_by_file_name().into_iter().filter_map(|e| e.ok()) {
+        for e in walkdir::WalkDir::new(&self.home)
+            .sort_by_file_name()
+            .into_iter()
+            .filter_map(|e| e.ok())
+        {
             let rel = e.path().strip_prefix(&self.home).unwrap_or(e.path());
-            out.push_str(&format!("{}{}\n", rel.display(), if e.file_type().is_dir() { "/" } else { "" }));
+            out.push_str(&format!(
+                "{}{}\n",
+                rel.display(),
+                if e.file_type().is_dir() { "/" } else { "" }
+            ));
         }
         out
     }
@@ -181,14 +219,18 @@ impl Scene {
 
 /// Reads and parses a JSON file, panicking with the path on failure.
 pub fn read_json(p: &Path) -> Value {
-    let text = std::fs::read_to_string(p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", p.display()))
+    let text =
+        std::fs::read_to_string(p).unwrap_or_else(|e| panic!("cannot read {}: {e}", p.display()));
+    serde_json::from_str(&text)
+        .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", p.display()))
 }
 
 /// Runs a command, killing it after `timeout`.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
-    let child = cmd.spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    let child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
