@@ -1,15 +1,80 @@
-//! `stop-worker` (being built: see the issue tracker).
+//! `stop-worker`: graceful shutdown of one, some or all workers (DESIGN.md §6). The work is
+//! in [`crate::shutdown`]; this module parses flags, prints, and picks the exit code.
 
-use crate::cli::{self, Global};
+use crate::cli::{self, Format, Global};
+use crate::error::{Error, Result};
+use crate::policy::HeartbeatPolicy;
+use crate::shutdown::{self, StopResult, StopSelection};
 use clap::Parser;
+use serde_json::{json, Value};
 use std::process::ExitCode;
+use std::time::Duration;
 
-/// stop-worker (not built yet).
+/// Stop workers gracefully: mark them shutting_down, SIGTERM their process group, wait the
+/// grace period, SIGKILL what is left, move them to completed/ and release their budget.
+///
+/// Workers are stopped in parallel. With several workers, a failure on one does not stop
+/// the others; the exit code is the worst one met (3 unknown id, 5 not active).
 #[derive(Debug, Parser)]
-#[command(name = "stop-worker", version)]
+#[command(
+    name = "stop-worker",
+    version,
+    after_help = "Examples:\n  stop-worker worker-implementation-20261122T101500Z-7f3a\n  stop-worker --session build-42 --reason \"build finished\"\n  stop-worker --type converter-worker --grace 30\n  stop-worker --all --grace 2 --format json"
+)]
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
+    /// Workers to stop, by id.
+    #[arg(value_name = "ID", conflicts_with_all = ["all", "session", "worker_type"])]
+    pub ids: Vec<String>,
+    /// Stop every active worker.
+    #[arg(long)]
+    pub all: bool,
+    /// Stop the active workers of this session (pool): pool_stopping/pool_stopped events.
+    #[arg(long, value_name = "S")]
+    pub session: Option<String>,
+    /// Stop the active workers of this type.
+    #[arg(long = "type", value_name = "T")]
+    pub worker_type: Option<String>,
+    /// Seconds between SIGTERM and SIGKILL (also 500ms, 1m); default: the policy's grace_seconds.
+    #[arg(long, value_name = "S", value_parser = parse_grace)]
+    pub grace: Option<Duration>,
+    /// Why the workers are stopped (recorded in the spec's history and events).
+    #[arg(long, value_name = "R", default_value = "stopped by operator")]
+    pub reason: String,
+    /// Output format: table, or json (what happened per worker).
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Parses a grace period: plain seconds (`5`, `0.5`), or `500ms`, `30s`, `1m`.
+pub fn parse_grace(s: &str) -> std::result::Result<Duration, String> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<f64>() {
+        return Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid grace {s:?}: {e}"));
+    }
+    if let Some(ms) = t.strip_suffix("ms") {
+        return ms
+            .parse::<u64>()
+            .map(Duration::from_millis)
+            .map_err(|_| format!("invalid grace {s:?}: expected e.g. 5, 0.5, 500ms, 30s, 1m"));
+    }
+    crate::time::parse_duration(t)
+        .ok()
+        .and_then(|d| d.to_std().ok())
+        .ok_or_else(|| format!("invalid grace {s:?}: expected e.g. 5, 0.5, 500ms, 30s, 1m"))
+}
+
+/// The grace period: the flag, else the policy's `grace_seconds` (5 by default).
+pub fn grace_or_policy(flag: Option<Duration>, home: &crate::Home) -> Result<Duration> {
+    match flag {
+        Some(g) => Ok(g),
+        None => {
+            let p = HeartbeatPolicy::load(home)?;
+            Duration::try_from_secs_f64(p.grace_seconds.max(0.0))
+                .map_err(|e| Error::Invalid(format!("policy grace_seconds: {e}")))
+        }
+    }
 }
 
 /// Entry point of the `stop-worker` binary.
@@ -19,9 +84,116 @@ pub fn main() -> ExitCode {
         Err(code) => return code,
     };
     cli::init_logging(&cli.global);
-    cli::run_main("stop-worker", || {
-        Err(crate::Error::Internal(
-            "stop-worker is not built yet".into(),
-        ))
-    })
+    cli::run_main("stop-worker", || run(cli))
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let home = cli.global.home()?;
+    let grace = grace_or_policy(cli.grace, &home)?;
+    let sel = StopSelection {
+        ids: cli.ids,
+        all: cli.all,
+        session: cli.session,
+        worker_type: cli.worker_type,
+    };
+    let results = shutdown::stop_many(&home, &sel, grace, &cli.reason)?;
+    if results.is_empty() {
+        tracing::warn!("no active worker matches; nothing to stop");
+        eprintln!("stop-worker: no active worker matches; nothing to stop");
+    }
+    for r in &results {
+        if let Err(e) = &r.outcome {
+            eprintln!("error: {e}");
+        }
+    }
+    print(cli.format, &results)?;
+    let failed: Vec<&Error> = results
+        .iter()
+        .filter_map(|r| r.outcome.as_ref().err())
+        .collect();
+    let code = shutdown::worst_code(failed.iter().map(|e| e.exit_code()));
+    if code == 0 {
+        return Ok(());
+    }
+    Err(with_code(
+        code,
+        format!(
+            "{} of {} worker(s) not stopped",
+            failed.len(),
+            results.len()
+        ),
+    ))
+}
+
+/// An error carrying `code`, for the summary after per-worker errors were printed.
+fn with_code(code: u8, msg: String) -> Error {
+    match code {
+        3 => Error::NotFound(msg),
+        5 => Error::Conflict(msg),
+        6 => Error::Invalid(msg),
+        8 => Error::NoHome(msg),
+        2 => Error::Usage(msg),
+        _ => Error::Internal(msg),
+    }
+}
+
+fn result_json(r: &StopResult) -> Value {
+    match &r.outcome {
+        Ok(s) => json!({
+            "worker_id": r.worker_id,
+            "result": "stopped",
+            "previous_status": s.previous_status.as_str(),
+            "process": s.process,
+            "signal": s.process.signal(),
+            "pid": s.spec.pid,
+            "tokens_released": s.spec.token_budget.allocated,
+            "tokens_used": s.spec.token_budget.used,
+            "uptime_seconds": crate::lifecycle::uptime_seconds(&s.spec, crate::time::now()),
+            "completed_at": s.spec.completed_at.as_ref().map(crate::time::format),
+        }),
+        Err(e) => json!({
+            "worker_id": r.worker_id,
+            "result": "error",
+            "exit_code": e.exit_code(),
+            "error": e.to_string(),
+        }),
+    }
+}
+
+fn print(format: Format, results: &[StopResult]) -> Result<()> {
+    match format {
+        Format::Json => cli::out_json(&Value::Array(results.iter().map(result_json).collect())),
+        Format::Jsonl => {
+            for r in results {
+                cli::out_jsonl(&result_json(r))?;
+            }
+            Ok(())
+        }
+        Format::Table => {
+            if results.is_empty() {
+                return Ok(());
+            }
+            let rows: Vec<Vec<String>> = results
+                .iter()
+                .map(|r| match &r.outcome {
+                    Ok(s) => vec![
+                        r.worker_id.clone(),
+                        "stopped".into(),
+                        s.process.describe().into(),
+                        s.spec.token_budget.allocated.to_string(),
+                    ],
+                    Err(e) => vec![
+                        r.worker_id.clone(),
+                        format!("error (exit {})", e.exit_code()),
+                        "-".into(),
+                        "0".into(),
+                    ],
+                })
+                .collect();
+            cli::out(cli::table(
+                &["WORKER", "RESULT", "PROCESS", "TOKENS_RELEASED"],
+                &rows,
+            ))
+        }
+    }
 }
