@@ -109,12 +109,17 @@ fn run(cli: Cli) -> Result<()> {
     }
 }
 
-fn row(i: &CleanupItem) -> Vec<String> {
+fn row(i: &CleanupItem, dry_run: bool) -> Vec<String> {
+    let process = match i.process {
+        Some(p) if dry_run && p.signalled() => "alive: would signal",
+        Some(p) => p.describe(),
+        None => "-",
+    };
     vec![
         i.worker_id.clone(),
         i.from.unwrap_or("-").to_string(),
         i.action.to_string(),
-        i.process.map(|p| p.describe()).unwrap_or("-").to_string(),
+        process.to_string(),
         i.tokens_released.to_string(),
     ]
 }
@@ -129,7 +134,7 @@ fn print(format: Format, report: &CleanupReport) -> Result<()> {
                 .workers
                 .iter()
                 .chain(&report.archived_completed)
-                .map(row)
+                .map(|i| row(i, report.dry_run))
                 .collect();
             let mut text = String::new();
             if !rows.is_empty() {

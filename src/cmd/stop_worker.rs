@@ -98,7 +98,6 @@ fn run(cli: Cli) -> Result<()> {
     };
     let results = shutdown::stop_many(&home, &sel, grace, &cli.reason)?;
     if results.is_empty() {
-        tracing::warn!("no active worker matches; nothing to stop");
         eprintln!("stop-worker: no active worker matches; nothing to stop");
     }
     for r in &results {
