@@ -688,7 +688,7 @@ fn clean_zombie(home: &Home, t: &Target, grace: Duration) -> Result<(ProcessOutc
     }
     // The liveness lock is held by every process the worker started, in any group: if it
     // is still held, something of the worker outlived its group and needs a human.
-    let lingering = !process::alive_lock_free(&home.alive_lock(&t.id)).unwrap_or(true);
+    let lingering = lingering(home, &t.id, process.signalled());
     if lingering {
         tracing::warn!(
             "{}: a process of this worker still holds its liveness lock ({}); it was not signalled",
@@ -732,7 +732,7 @@ fn archive_completed(
     let cutoff = time::now() - age;
     let (specs, bad) = spec::scan(home, StateDir::Completed)?;
     quarantine_all(home, bad, dry_run, quarantined)?;
-    let reason = format!("completed more than {}s ago", age.num_seconds());
+    let reason = format!("completed more than {} ago", human_age(age));
     let old: Vec<WorkerSpec> = specs
         .into_iter()
         .filter(|s| s.finished_at().is_some_and(|t| t < cutoff))
@@ -758,4 +758,64 @@ fn archive_completed(
             Err(e) => settle_error(item, e),
         }
     }))
+}
+
+/// True when something of the worker still holds its liveness lock. Right after a group
+/// kill the last members may still be exiting, so a signalled worker gets a short grace.
+fn lingering(home: &Home, id: &str, signalled: bool) -> bool {
+    let path = home.alive_lock(id);
+    let free = || process::alive_lock_free(&path).unwrap_or(true);
+    if signalled {
+        let deadline = std::time::Instant::now() + Duration::from_secs(1);
+        while std::time::Instant::now() < deadline {
+            if free() {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    !free()
+}
+
+/// `7d`, `12h`, `90s`: an age as an operator would have written it.
+fn human_age(age: chrono::Duration) -> String {
+    let s = age.num_seconds();
+    match s {
+        s if s > 0 && s % 604_800 == 0 => format!("{}w", s / 604_800),
+        s if s > 0 && s % 86_400 == 0 => format!("{}d", s / 86_400),
+        s if s > 0 && s % 3_600 == 0 => format!("{}h", s / 3_600),
+        s if s > 0 && s % 60 == 0 => format!("{}m", s / 60),
+        s => format!("{s}s"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn worst_code_prefers_unexpected_failures_then_the_highest() {
+        assert_eq!(worst_code([]), 0);
+        assert_eq!(worst_code([0, 0]), 0);
+        assert_eq!(worst_code([3, 5, 0]), 5);
+        assert_eq!(worst_code([5, 1, 3]), 1);
+        assert_eq!(worst_code([1, 6]), 1);
+    }
+
+    #[test]
+    fn ages_read_as_written() {
+        assert_eq!(human_age(chrono::Duration::days(7)), "1w");
+        assert_eq!(human_age(chrono::Duration::days(3)), "3d");
+        assert_eq!(human_age(chrono::Duration::hours(12)), "12h");
+        assert_eq!(human_age(chrono::Duration::seconds(90)), "90s");
+        assert_eq!(human_age(chrono::Duration::zero()), "0s");
+    }
+
+    #[test]
+    fn par_map_keeps_order_and_runs_everything() {
+        let items: Vec<u32> = (0..200).collect();
+        let out = par_map(&items, 8, |x| x * 2);
+        assert_eq!(out, items.iter().map(|x| x * 2).collect::<Vec<_>>());
+        assert!(par_map(&Vec::<u32>::new(), 8, |x| *x).is_empty());
+    }
 }

@@ -583,6 +583,9 @@ fn archive_completed_older_than_moves_only_old_completed_specs() {
     assert_eq!(s.budget()["used"], budget["used"]);
     assert_eq!(s.budget()["consumed"], budget["consumed"]);
     assert_eq!(events_for(&s.events(), "worker_archived", &old).len(), 1);
+    let history = s.spec("archived", &old)["history"].clone();
+    let last = history.as_array().and_then(|h| h.last()).expect("history");
+    assert_eq!(last["reason"], "completed more than 1w ago");
     s.code(
         "cleanup-zombies",
         &["--archive-completed-older-than", "soon"],
