@@ -223,6 +223,12 @@ impl Home {
         self.metrics_dir().join("worker-restart-history.jsonl")
     }
 
+    /// `metrics/restart-state.json`: the monitor's pending restarts, circuit breakers and
+    /// recent restart times, so a restarted monitor carries on where the last one stopped.
+    pub fn restart_state_path(&self) -> PathBuf {
+        self.metrics_dir().join("restart-state.json")
+    }
+
     /// `metrics/corral.prom`.
     pub fn prom_path(&self) -> PathBuf {
         self.metrics_dir().join("corral.prom")

@@ -258,6 +258,13 @@ impl PidFd {
     }
 }
 
+/// Lets an event loop (the monitor's epoll set) register the pidfd without unsafe code.
+impl std::os::fd::AsFd for PidFd {
+    fn as_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.0.as_fd()
+    }
+}
+
 /// Sends SIGTERM, waits up to `grace`, then SIGKILL: the graceful stop of DESIGN.md §6.
 /// Returns `(signalled, killed)`.
 pub fn terminate(info: &ProcessInfo, grace: Duration) -> Result<(bool, bool)> {
