@@ -697,7 +697,7 @@ impl Claimer {
                 list.push(c.clone());
             }
         }
-        if !(lease_seconds > 0.0) {
+        if lease_seconds.is_nan() || lease_seconds <= 0.0 {
             return Err(Error::Invalid("--lease must be positive".into()));
         }
         let explicit = !list.is_empty();
@@ -791,8 +791,11 @@ impl Claimer {
     }
 
     /// Applies queued watch events: a create or move-in marks the class's group dirty, a new
-    /// class directory is watched, an interrupt is remembered until a wait sees it.
-    fn drain(&mut self, first: Option<Wake>) {
+    /// class directory is watched, an interrupt is remembered until a wait sees it. Returns
+    /// true when something may have arrived. Other events (our own `read_dir` opening a
+    /// watched directory, tasks leaving) are ignored, so they cannot spin a waiting claimer.
+    fn drain(&mut self, first: Option<Wake>) -> bool {
+        let mut arrived = false;
         let mut wakes: Vec<Wake> = first.into_iter().collect();
         if let Some(w) = &self.watch {
             while let Ok(x) = w.rx.try_recv() {
@@ -806,11 +809,13 @@ impl Claimer {
                 Wake::Fs(Err(e)) => {
                     tracing::debug!("watch error ({e}); relisting");
                     self.mark_all_dirty();
+                    arrived = true;
                 }
                 Wake::Fs(Ok(ev)) => {
                     use notify::event::{EventKind, ModifyKind, RenameMode};
                     if ev.need_rescan() {
                         self.mark_all_dirty();
+                        arrived = true;
                         continue;
                     }
                     let arrives = matches!(
@@ -825,6 +830,7 @@ impl Claimer {
                     if !arrives {
                         continue;
                     }
+                    arrived = true;
                     for p in &ev.paths {
                         let parent = p.parent().map(Path::to_path_buf);
                         if parent.as_deref() == Some(root.as_path()) {
@@ -839,6 +845,7 @@ impl Claimer {
                 }
             }
         }
+        arrived
     }
 
     fn mark_all_dirty(&mut self) {
@@ -1059,37 +1066,43 @@ impl Claimer {
             if let Some(t) = self.try_claim()? {
                 return Ok(Some(t));
             }
-            if std::mem::take(&mut self.interrupted) {
-                return Ok(None);
-            }
-            let wake = {
-                let Some(w) = &self.watch else {
+            // Sleep until something arrives: other events do not cost a listing.
+            loop {
+                if std::mem::take(&mut self.interrupted) {
+                    return Ok(None);
+                }
+                let Some(wake) = self.next_wake(deadline)? else {
                     return Ok(None);
                 };
-                match deadline {
-                    Some(d) => {
-                        let left = d.saturating_duration_since(Instant::now());
-                        if left.is_zero() {
-                            return Ok(None);
-                        }
-                        match w.rx.recv_timeout(left) {
-                            Ok(x) => x,
-                            Err(RecvTimeoutError::Timeout) => return Ok(None),
-                            Err(RecvTimeoutError::Disconnected) => {
-                                return Err(Error::Internal("inotify watch ended".into()))
-                            }
-                        }
-                    }
-                    None => {
-                        w.rx.recv()
-                            .map_err(|_| Error::Internal("inotify watch ended".into()))?
-                    }
+                if self.drain(Some(wake)) {
+                    break;
                 }
-            };
-            self.drain(Some(wake));
+            }
             if std::mem::take(&mut self.interrupted) {
                 return Ok(None);
             }
+        }
+    }
+
+    /// The next watch event, or `None` once `deadline` passes.
+    fn next_wake(&self, deadline: Option<Instant>) -> Result<Option<Wake>> {
+        let Some(w) = &self.watch else {
+            return Ok(None);
+        };
+        let ended = || Error::Internal("inotify watch ended".into());
+        match deadline {
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(None);
+                }
+                match w.rx.recv_timeout(left) {
+                    Ok(x) => Ok(Some(x)),
+                    Err(RecvTimeoutError::Timeout) => Ok(None),
+                    Err(RecvTimeoutError::Disconnected) => Err(ended()),
+                }
+            }
+            None => w.rx.recv().map(Some).map_err(|_| ended()),
         }
     }
 }
@@ -1365,7 +1378,7 @@ pub fn list(home: &Home, state: TaskState, class: Option<&str>) -> Result<Vec<Ta
             read(dir.join(n), &mut out);
         }
         if state == TaskState::Processing {
-            out.sort_by(|a, b| a.claimed_at.cmp(&b.claimed_at));
+            out.sort_by_key(|t| t.claimed_at);
         }
     }
     Ok(out)
