@@ -386,9 +386,7 @@ pub fn find_reusable(home: &Home, worker_type: &str) -> Result<Option<WorkerSpec
     let (specs, _) = spec::scan(home, StateDir::Active)?;
     let mut best: Option<WorkerSpec> = None;
     for s in specs {
-        if s.worker_type != worker_type
-            || s.status != Status::Idle
-            || s.heartbeat.health_score < 80
+        if s.worker_type != worker_type || s.status != Status::Idle || s.heartbeat.health_score < 80
         {
             continue;
         }

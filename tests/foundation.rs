@@ -1046,3 +1046,35 @@ fn unsafe_kill(pid: i32, sig: i32) {
         .stderr(Stdio::null())
         .status();
 }
+
+#[test]
+fn reuse_prints_an_idle_healthy_worker_instead_of_spawning() {
+    let s = Scene::new();
+    let busy = stdout(&s.code("spawn-worker", &["--type", "build-worker"], 0));
+    s.ok("heartbeat", &[&busy, "--status", "running"]);
+    // No idle worker of the type: --reuse spawns a new one.
+    let fresh = stdout(&s.code("spawn-worker", &["--type", "build-worker", "--reuse"], 0));
+    assert_ne!(fresh, busy);
+    s.ok("heartbeat", &[&fresh, "--status", "idle"]);
+    let events_before = s.events().len();
+    let reused = stdout(&s.code("spawn-worker", &["--type", "build-worker", "--reuse"], 0));
+    assert_eq!(reused, fresh, "the idle worker is reused");
+    assert_eq!(s.ids_in("active").len(), 2, "nothing new was written");
+    assert_eq!(s.events().len(), events_before);
+    // Another type is not a match; an unhealthy idle worker is not reused.
+    let other = stdout(&s.code(
+        "spawn-worker",
+        &["--type", "converter-worker", "--reuse"],
+        0,
+    ));
+    assert_ne!(other, fresh);
+    let mut v = s.spec("active", &fresh);
+    v["heartbeat"]["health_score"] = json!(40);
+    std::fs::write(
+        s.spec_path("active", &fresh),
+        serde_json::to_vec(&v).unwrap(),
+    )
+    .unwrap();
+    let again = stdout(&s.code("spawn-worker", &["--type", "build-worker", "--reuse"], 0));
+    assert_ne!(again, fresh);
+}
