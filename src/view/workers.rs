@@ -161,9 +161,12 @@ impl RawSpec {
             worker_type: self.worker_type.unwrap_or_else(|| "unknown".into()),
             status: self.status.unwrap_or_else(|| "unknown".into()),
             state_dir: dir,
-            health: beat
-                .health
-                .unwrap_or_else(|| crate::spec::health_band(score).to_string()),
+            // The score decides the band; only "unresponsive" (set once a worker is
+            // critical) says more than the score can.
+            health: match beat.health {
+                Some(h) if h == "unresponsive" => h,
+                _ => crate::spec::health_band(score).to_string(),
+            },
             health_score: score,
             heartbeat_age_seconds: last_seen.map(|t| super::secs_between(t, now)),
             last_seen,
