@@ -120,6 +120,10 @@ fn run(cli: Cli) -> Result<()> {
             return Err(e);
         }
     };
+    if !cli.once {
+        // Before the log writer's thread exists, so that it inherits the mask.
+        monitor::block_signals()?;
+    }
     let _log = cli::init_daemon_logging(&cli.global, &home, "heartbeat-monitor")?;
     monitor::run(
         &home,

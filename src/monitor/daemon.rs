@@ -298,6 +298,13 @@ impl Monitor {
         );
         // Watch first, then scan: nothing written in between is missed.
         self.scan_all(true)?;
+        tracing::info!(
+            "ready: {} active worker(s), {} pidfd(s), {} polled, {} pending restart(s)",
+            self.workers.len(),
+            self.tokens.len(),
+            self.polled.len(),
+            self.restart.pending.len()
+        );
         let now = now_ms();
         self.next_maintain = now;
         self.next_summary = now + secs_ms(self.policy.summary_interval_seconds);

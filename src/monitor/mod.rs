@@ -124,6 +124,21 @@ pub fn print_config(home: &Home, overrides: &[(String, Value)]) -> Result<Value>
     Ok(v)
 }
 
+/// Blocks SIGTERM, SIGINT and SIGHUP in the calling thread, so that every thread started
+/// afterwards (the log writer, inotify) inherits the mask and only the daemon's signalfd
+/// receives them. Call it before anything spawns a thread. Children are unaffected: std
+/// resets the mask before `exec`.
+pub fn block_signals() -> Result<nix::sys::signal::SigSet> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut mask = SigSet::empty();
+    for s in [Signal::SIGTERM, Signal::SIGINT, Signal::SIGHUP] {
+        mask.add(s);
+    }
+    mask.thread_block()
+        .map_err(|e| Error::io("cannot block signals", e.into()))?;
+    Ok(mask)
+}
+
 /// Runs the monitor: one pass with `once`, else the daemon until SIGTERM/SIGINT. A second
 /// monitor on the same home is refused (exit 5).
 pub fn run(home: &Home, opts: &Options) -> Result<()> {
