@@ -263,6 +263,21 @@ fn save(home: &Home, path: &Path, task: &Task) -> Result<()> {
     store::atomic_write(home, path, &task.to_bytes()?)
 }
 
+/// Whether the claim record's data is fsynced (default yes). `CORRAL_QUEUE_CLAIM_SYNC=0`
+/// skips it: on ext4 (data=ordered, `auto_da_alloc`) a rename over an existing file already
+/// orders the data before the rename, and a lost claim record only means the task is
+/// requeued; on other filesystems a power loss could then leave an empty task file. The
+/// fsync is most of the cost of a claim (see `examples/bench_queue.rs`).
+fn claim_sync() -> bool {
+    static SYNC: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *SYNC.get_or_init(|| {
+        !matches!(
+            std::env::var("CORRAL_QUEUE_CLAIM_SYNC").as_deref(),
+            Ok("0") | Ok("false") | Ok("no")
+        )
+    })
+}
+
 /// The claim record: stage, fsync the data, rename over. The directory is not fsynced: if a
 /// power loss undoes this rename, the unclaimed version is what survives, and the claimant
 /// is gone with the power anyway, so [`maintain`] requeues it after the lease. This keeps
@@ -278,7 +293,10 @@ fn save_claim(home: &Home, path: &Path, task: &Task) -> Result<()> {
     let res = std::fs::File::create(&tmp)
         .and_then(|mut f| {
             f.write_all(&bytes)?;
-            f.sync_data()
+            if claim_sync() {
+                f.sync_data()?;
+            }
+            Ok(())
         })
         .ctx("write", &tmp)
         .and_then(|_| std::fs::rename(&tmp, path).ctx("rename into", path));
