@@ -240,47 +240,148 @@ pub struct Loaded {
 /// Below this many files a second thread costs more than it saves.
 const PARALLEL_MIN: usize = 512;
 
-/// Reads every spec in `dirs`, in parallel for large directories.
-pub fn load(home: &Home, dirs: &[StateDir], now: Timestamp) -> Result<Loaded> {
-    let mut jobs: Vec<(PathBuf, StateDir)> = Vec::new();
-    for &d in dirs {
-        let dir = home.specs_dir(d);
-        for name in store::list_json(&dir)? {
-            if !name.starts_with('.') {
-                jobs.push((dir.join(name), d));
-            }
+/// One spec file to read: its directory's index in the job list, and its name.
+struct Job {
+    dir: usize,
+    name: String,
+}
+
+/// Reads specs relative to an open directory descriptor (`openat`), which spares the path
+/// walk per file, with the store's guards: `O_NOFOLLOW` (symlinks were already refused by
+/// their directory entry type; this closes the race), `O_NONBLOCK` (a FIFO cannot hang the
+/// dashboard) and the 1 MiB cap. One buffer is reused for every file of a thread.
+struct DirReader {
+    fd: rustix::fd::OwnedFd,
+    path: PathBuf,
+    state: StateDir,
+}
+
+fn read_at(r: &DirReader, name: &str, buf: &mut Vec<u8>) -> std::result::Result<bool, String> {
+    use rustix::fs::{Mode, OFlags};
+    use rustix::io::Errno;
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let fd = match rustix::fs::openat(&r.fd, name, flags, Mode::empty()) {
+        Ok(fd) => fd,
+        Err(Errno::NOENT) => return Ok(false),
+        Err(Errno::LOOP) => return Err("symlink refused".into()),
+        Err(e) => return Err(format!("cannot open: {e}")),
+    };
+    buf.clear();
+    let cap = store::MAX_FILE_BYTES as usize + 1;
+    loop {
+        if buf.capacity() - buf.len() < 16 * 1024 {
+            buf.reserve(64 * 1024);
+        }
+        let room = buf.capacity() - buf.len();
+        let n = match rustix::io::read(&fd, buf.spare_capacity_mut()) {
+            Ok((init, _)) => init.len(),
+            Err(Errno::INTR) => continue,
+            Err(Errno::ISDIR) | Err(Errno::AGAIN) => return Err("not a regular file".into()),
+            Err(e) => return Err(format!("cannot read: {e}")),
+        };
+        if n == 0 {
+            return Ok(true);
+        }
+        // SAFETY: `read` initialised the first `n` bytes of the spare capacity.
+        unsafe { buf.set_len(buf.len() + n) };
+        if buf.len() >= cap {
+            return Err(format!(
+                "file too large (limit {} bytes)",
+                store::MAX_FILE_BYTES
+            ));
+        }
+        // A short read of a regular file is its end: saves one read(2) per spec.
+        if n < room {
+            return Ok(true);
         }
     }
-    let read_chunk = |chunk: &[(PathBuf, StateDir)]| {
-        let mut out = Loaded::default();
-        for (p, d) in chunk {
-            match read_row(p, *d, now) {
-                Ok(Some(r)) => out.rows.push(r),
-                Ok(None) => {}
-                Err(e) => out.unreadable.push((p.clone(), e.to_string())),
+}
+
+fn read_jobs(readers: &[DirReader], jobs: &[Job], now: Timestamp) -> Loaded {
+    let mut out = Loaded::default();
+    let mut buf = Vec::with_capacity(64 * 1024);
+    for j in jobs {
+        let r = &readers[j.dir];
+        let id = j.name.strip_suffix(".json").unwrap_or(&j.name);
+        match read_at(r, &j.name, &mut buf) {
+            Ok(true) => match row_from_bytes(&buf, r.state, id, now) {
+                Some(row) => out.rows.push(row),
+                None => out
+                    .unreadable
+                    .push((r.path.join(&j.name), "not a JSON object".into())),
+            },
+            Ok(false) => {}
+            Err(why) => out.unreadable.push((r.path.join(&j.name), why)),
+        }
+    }
+    out
+}
+
+/// Reads every spec in `dirs`, in parallel for large directories. Entries that are not
+/// regular files (symlinks, directories) are reported as unreadable without being opened.
+pub fn load(home: &Home, dirs: &[StateDir], now: Timestamp) -> Result<Loaded> {
+    use rustix::fs::{Mode, OFlags};
+    let mut all = Loaded::default();
+    let mut readers = Vec::new();
+    let mut jobs = Vec::new();
+    for &d in dirs {
+        let path = home.specs_dir(d);
+        let rd = match std::fs::read_dir(&path) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(Error::io(format!("cannot list {}", path.display()), e)),
+        };
+        let fd = rustix::fs::open(
+            &path,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| Error::io(format!("cannot open {}", path.display()), e.into()))?;
+        for entry in rd {
+            let entry =
+                entry.map_err(|e| Error::io(format!("cannot list {}", path.display()), e))?;
+            let Some(name) = entry.file_name().to_str().map(str::to_string) else {
+                continue;
+            };
+            if !name.ends_with(".json") || name.starts_with('.') {
+                continue;
+            }
+            match entry.file_type() {
+                Ok(t) if t.is_file() => jobs.push(Job {
+                    dir: readers.len(),
+                    name,
+                }),
+                Ok(t) if t.is_symlink() => all
+                    .unreadable
+                    .push((path.join(&name), "symlink refused".into())),
+                Ok(_) => all
+                    .unreadable
+                    .push((path.join(&name), "not a regular file".into())),
+                Err(_) => {}
             }
         }
-        out
-    };
+        readers.push(DirReader { fd, path, state: d });
+    }
     let threads = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
         .min(8);
-    if jobs.len() < PARALLEL_MIN || threads < 2 {
-        return Ok(read_chunk(&jobs));
-    }
-    let per = jobs.len().div_ceil(threads);
-    let parts: Vec<Loaded> = std::thread::scope(|s| {
-        let handles: Vec<_> = jobs
-            .chunks(per)
-            .map(|c| s.spawn(move || read_chunk(c)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_default())
-            .collect()
-    });
-    let mut all = Loaded::default();
+    let parts: Vec<Loaded> = if jobs.len() < PARALLEL_MIN || threads < 2 {
+        vec![read_jobs(&readers, &jobs, now)]
+    } else {
+        let per = jobs.len().div_ceil(threads);
+        let readers = &readers;
+        std::thread::scope(|s| {
+            let handles: Vec<_> = jobs
+                .chunks(per)
+                .map(|c| s.spawn(move || read_jobs(readers, c, now)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or_default())
+                .collect()
+        })
+    };
     for p in parts {
         all.rows.extend(p.rows);
         all.unreadable.extend(p.unreadable);
