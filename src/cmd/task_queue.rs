@@ -361,11 +361,24 @@ fn enqueue(home: &Home, a: EnqueueArgs) -> Result<()> {
     }
 }
 
+/// `--lease`, else the policy's `stuck_task_seconds` (file, then `CORRAL_HEARTBEAT__…`
+/// environment). Read as one key rather than through `HeartbeatPolicy::load`: compiling the
+/// policy schema costs a one-shot `claim` more than the claim itself, and a policy the
+/// monitor refuses is reported by the monitor.
 fn lease_or_default(home: &Home, lease: Option<f64>) -> Result<f64> {
     match lease {
         Some(l) if l > 0.0 => Ok(l),
         Some(_) => Err(Error::Invalid("--lease must be positive".into())),
-        None => Ok(HeartbeatPolicy::load(home)?.stuck_task_seconds.max(1.0)),
+        None => {
+            let mut doc = crate::store::read_json(&home.policy_path()).unwrap_or(json!({}));
+            crate::policy::apply_env(&mut doc, std::env::vars());
+            let secs = doc
+                .get("stuck_task_seconds")
+                .and_then(Value::as_f64)
+                .filter(|s| s.is_finite() && *s > 0.0)
+                .unwrap_or(HeartbeatPolicy::default().stuck_task_seconds);
+            Ok(secs.max(1.0))
+        }
     }
 }
 
