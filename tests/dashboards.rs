@@ -129,7 +129,7 @@ fn list_filters_sorts_and_prints_the_documented_json() {
     r.sort();
     assert_eq!(ids(&running), r);
     let s2 = json_out(&s, &["--session", "s2", "--format", "json"]);
-    assert_eq!(ids(&s2), [conv.clone()]);
+    assert_eq!(ids(&s2), [conv]);
     let none = json_out(&s, &["--type", "no-such-type", "--format", "json"]);
     assert_eq!(none, json!([]));
 
@@ -188,6 +188,22 @@ fn list_survives_bad_files_and_rejects_bad_flags() {
         common::stderr(&out).contains("worker-torn.json"),
         "warned about the torn file"
     );
+    // --home is global: before or after the subcommand.
+    let home = s.home.to_str().unwrap();
+    for args in [
+        vec!["--home", home, "summary", "--format", "json"],
+        vec!["summary", "--home", home, "--format", "json"],
+        vec!["--home", home, "events", "--format", "json"],
+        vec!["--home", home, "list", "--format", "json"],
+        vec!["--home", home, "--format", "json"],
+    ] {
+        let mut c = s.cmd("worker-monitor");
+        c.env_remove("CORRAL_HOME").args(&args);
+        let out = common::run_with_timeout(&mut c, Duration::from_secs(30));
+        s.expect_code("worker-monitor", &args, &out, 0);
+        serde_json::from_slice::<Value>(&out.stdout).expect("json");
+    }
+    s.code("worker-monitor", &["--format", "json", "events"], 2);
     s.code("worker-monitor", &["--status", "sleeping"], 2);
     s.code("worker-monitor", &["--sort", "colour"], 2);
     s.code("worker-monitor", &["events", "--since", "yesterday-ish"], 6);

@@ -23,7 +23,6 @@ use std::time::Duration;
 #[command(
     name = "worker-monitor",
     version,
-    args_conflicts_with_subcommands = true,
     after_help = "Examples:\n  worker-monitor                              # active workers\n  worker-monitor --status running --type implementation-worker\n  worker-monitor --sort health --format json | jq '.[0]'\n  worker-monitor --top-tokens 10\n  worker-monitor --state-dir all --session build-42\n  worker-monitor --watch --interval 2\n  worker-monitor events --since 1h --type worker_failed\n  worker-monitor events --follow --worker worker-implementation-1\n  worker-monitor summary --format json\n  worker-monitor progress\n  worker-monitor prometheus --output /var/lib/node_exporter/textfile/corral.prom"
 )]
 pub struct Cli {
@@ -164,7 +163,28 @@ pub fn main() -> ExitCode {
     cli::run_main("worker-monitor", || run(cli))
 }
 
+impl ListArgs {
+    /// True when any list flag was given (clap fills in the defaults otherwise).
+    fn given(&self) -> bool {
+        !self.status.is_empty()
+            || !self.worker_type.is_empty()
+            || !self.session.is_empty()
+            || self.state_dir.is_some()
+            || self.top_tokens.is_some()
+            || self.watch
+            || self.format != Format::Table
+            || self.sort != Some(workers::SortKey::Id)
+    }
+}
+
 fn run(cli: Cli) -> Result<()> {
+    // The global flags (--home, -v, -q) go anywhere; the list's own flags only without a
+    // subcommand, so `worker-monitor --format json events` is refused, not half-obeyed.
+    if cli.command.is_some() && cli.list.given() {
+        return Err(Error::Usage(
+            "list flags (--status, --type, --format, --watch, ...) go after the subcommand, or with no subcommand for the list".into(),
+        ));
+    }
     let home = cli.global.home()?;
     match cli.command {
         None => list(&home, cli.list),

@@ -9,12 +9,13 @@
 //! the oldest rotated file is removed: they are exposed as gauges, not counters.
 
 use super::{eventlog, tasks, workers};
-use crate::error::Result;
+use crate::error::{IoContext, Result};
 use crate::home::{Home, StateDir};
 use crate::store;
 use crate::time::Timestamp;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
+use std::path::Path;
 
 /// Event types reported as detections.
 const DETECTIONS: &[&str] = &[
@@ -74,34 +75,123 @@ impl Out {
     }
 }
 
-/// Counts events of the detection types in the retained log, by type. Lines written by
-/// corral start with `{"id":` and have `type` as their third key, so the type is found by
-/// a byte search instead of a JSON parse; other lines are parsed.
-fn detections(home: &Home) -> Result<BTreeMap<&'static str, u64>> {
-    let mut counts: BTreeMap<&'static str, u64> = DETECTIONS.iter().map(|d| (*d, 0)).collect();
+type Counts = BTreeMap<&'static str, u64>;
+
+/// What was counted of one file: the bytes read, the counts, and the file's first bytes
+/// (an inode number can be reused by a new log file after the oldest one is deleted).
+#[derive(Default)]
+struct Seen {
+    offset: u64,
+    counts: Counts,
+    head: Vec<u8>,
+}
+
+/// Per log file (device, inode): bytes already counted and the counts so far. The monitor
+/// calls [`super::write_prometheus`] every few seconds; rotated files never change and the
+/// current one only grows, so each call reads only what was appended since the last one.
+static SEEN: std::sync::Mutex<Option<HashMap<(u64, u64), Seen>>> = std::sync::Mutex::new(None);
+
+/// The detection type of one event line. Lines written by corral start with `{"id":` and
+/// have `type` as their third key, so it is found by a byte search instead of a JSON
+/// parse; other lines are parsed.
+fn detection_of(line: &[u8]) -> Option<&'static str> {
     const KEY: &[u8] = b"\"type\":\"";
-    let mut count = |line: &[u8]| {
-        let kind: Option<String> = if line.starts_with(b"{\"id\":") {
-            line.windows(KEY.len())
-                .position(|w| w == KEY)
-                .and_then(|i| {
-                    let rest = &line[i + KEY.len()..];
-                    rest.iter()
-                        .position(|b| *b == b'"')
-                        .map(|j| String::from_utf8_lossy(&rest[..j]).into_owned())
-                })
-        } else {
-            eventlog::LightEvent::parse(line).map(|e| e.kind.into_owned())
-        };
-        if let Some(k) = kind {
-            if let Some(c) = DETECTIONS.iter().find(|d| **d == k) {
-                *counts.entry(c).or_default() += 1;
+    let kind: Option<std::borrow::Cow<'_, str>> = if line.starts_with(b"{\"id\":") {
+        line.windows(KEY.len())
+            .position(|w| w == KEY)
+            .and_then(|i| {
+                let rest = &line[i + KEY.len()..];
+                rest.iter()
+                    .position(|b| *b == b'"')
+                    .map(|j| String::from_utf8_lossy(&rest[..j]))
+            })
+    } else {
+        eventlog::LightEvent::parse(line).map(|e| std::borrow::Cow::Owned(e.kind.into_owned()))
+    };
+    let k = kind?;
+    DETECTIONS.iter().find(|d| **d == k).copied()
+}
+
+/// Counts one file from where the last call stopped (complete lines only).
+fn count_file(
+    path: &Path,
+    seen: &mut HashMap<(u64, u64), Seen>,
+) -> Result<Option<((u64, u64), Counts)>> {
+    use std::io::{BufRead, Seek};
+    use std::os::unix::fs::MetadataExt;
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => {
+            return Err(crate::Error::io(
+                format!("cannot open {}", path.display()),
+                e,
+            ))
+        }
+    };
+    let meta = file.metadata().ctx("stat", path)?;
+    let key = (meta.dev(), meta.ino());
+    let mut head = vec![0u8; 64.min(meta.len() as usize)];
+    {
+        use std::os::unix::fs::FileExt;
+        let n = file.read_at(&mut head, 0).ctx("read", path)?;
+        head.truncate(n);
+    }
+    let Seen {
+        mut offset,
+        mut counts,
+        ..
+    } = seen
+        .remove(&key)
+        .filter(|s| s.offset <= meta.len() && head.starts_with(&s.head))
+        .unwrap_or_default();
+    let mut r = std::io::BufReader::with_capacity(256 * 1024, file);
+    r.seek(std::io::SeekFrom::Start(offset)).ctx("seek", path)?;
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        buf.clear();
+        let n = r.read_until(b'\n', &mut buf).ctx("read", path)?;
+        if n == 0 || buf.last() != Some(&b'\n') {
+            break;
+        }
+        offset += n as u64;
+        if let Some(d) = detection_of(&buf[..n - 1]) {
+            *counts.entry(d).or_default() += 1;
+        }
+    }
+    seen.insert(
+        key,
+        Seen {
+            offset,
+            counts: counts.clone(),
+            head,
+        },
+    );
+    Ok(Some((key, counts)))
+}
+
+/// Counts events of the detection types in the retained log (rotated files and the current
+/// one), by type.
+fn detections(home: &Home) -> Result<Counts> {
+    let mut total: Counts = DETECTIONS.iter().map(|d| (*d, 0)).collect();
+    let mut guard = SEEN.lock().unwrap_or_else(|p| p.into_inner());
+    let mut seen = guard.take().unwrap_or_default();
+    let mut live = HashMap::new();
+    let mut files = eventlog::log_files(home);
+    files.push(home.events_path());
+    for p in files {
+        if let Some((key, counts)) = count_file(&p, &mut seen)? {
+            for (k, v) in &counts {
+                *total.entry(k).or_default() += v;
+            }
+            if let Some(entry) = seen.remove(&key) {
+                live.insert(key, entry);
             }
         }
-        Ok(())
-    };
-    eventlog::read_all(home, &mut count)?;
-    Ok(counts)
+    }
+    // Files that were rotated away are forgotten.
+    *guard = Some(live);
+    Ok(total)
 }
 
 /// Renders the exposition text.
@@ -298,6 +388,31 @@ pub fn render(home: &Home, now: Timestamp) -> Result<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn detections_are_counted_incrementally() {
+        let dir = tempfile::tempdir().unwrap();
+        let home = Home::at(dir.path());
+        home.init(false).unwrap();
+        let line = |k: &str| {
+            format!("{{\"id\":\"e\",\"timestamp\":\"2026-01-01T00:00:00Z\",\"type\":\"{k}\",\"data\":{{\"type\":\"x\"}}}}\n")
+        };
+        let log = home.events_path();
+        std::fs::write(&log, line("zombie_detected") + &line("worker_spawned")).unwrap();
+        assert_eq!(detections(&home).unwrap()["zombie_detected"], 1);
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        f.write_all(line("zombie_detected").as_bytes()).unwrap();
+        f.write_all(
+            b"{\"type\":\"task_stuck\",\"timestamp\":\"2026-01-01T00:00:00Z\"}\n{\"id\":\"partial",
+        )
+        .unwrap();
+        let c = detections(&home).unwrap();
+        assert_eq!((c["zombie_detected"], c["task_stuck"]), (2, 1));
+        std::fs::rename(&log, home.rotated_events_path(1)).unwrap();
+        std::fs::write(&log, line("zombie_detected")).unwrap();
+        assert_eq!(detections(&home).unwrap()["zombie_detected"], 3);
+    }
 
     #[test]
     fn label_values_are_escaped() {
