@@ -763,11 +763,15 @@ impl Drop for Tmux {
     }
 }
 
-fn watch_in_tmux(s: &Scene, tmux: &Tmux) {
+/// Starts `--watch` in a tmux pane; its debug log (one line per redraw) goes to the
+/// returned file.
+fn watch_in_tmux(s: &Scene, tmux: &Tmux) -> PathBuf {
+    let log = s.dir.path().join("watch.log");
     let line = format!(
-        "env -i PATH=/usr/bin:/bin TERM=xterm NO_COLOR=1 CORRAL_HOME={} {} --watch --interval 60; echo WATCH-EXITED-$?; sleep 60",
+        "env -i PATH=/usr/bin:/bin TERM=xterm NO_COLOR=1 CORRAL_HOME={} {} --watch --interval 60 -v 2>{}; echo WATCH-EXITED-$?; sleep 60",
         s.home.display(),
-        common::bin("worker-monitor").display()
+        common::bin("worker-monitor").display(),
+        log.display()
     );
     tmux.cmd(&[
         "new-session",
@@ -780,6 +784,7 @@ fn watch_in_tmux(s: &Scene, tmux: &Tmux) {
         "40",
         &line,
     ]);
+    log
 }
 
 #[test]
@@ -793,7 +798,7 @@ fn watch_redraws_on_inotify_and_quits_cleanly() {
         .trim()
         .to_string();
     let tmux = Tmux::new("q");
-    watch_in_tmux(&s, &tmux);
+    let log = watch_in_tmux(&s, &tmux);
     assert!(
         wait_until(Duration::from_secs(20), || tmux.pane().contains(&w[1])),
         "dashboard never showed the workers:\n{}",
@@ -822,6 +827,20 @@ fn watch_redraws_on_inotify_and_quits_cleanly() {
         wait_until(Duration::from_secs(5), || tmux.pane().contains(&spawned[0])),
         "new worker not shown:\n{}",
         tmux.pane()
+    );
+    // Idle means idle: the dashboard's own reads must not wake it (IN_OPEN feedback).
+    let before = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("redraw")
+        .count();
+    std::thread::sleep(Duration::from_millis(300));
+    let after = std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .matches("redraw")
+        .count();
+    assert!(
+        after - before <= 1,
+        "redraw loop while idle: {before} -> {after} redraws"
     );
     tmux.cmd(&["send-keys", "-t", "w", "q"]);
     assert!(

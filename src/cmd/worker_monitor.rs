@@ -378,8 +378,11 @@ fn follow(
 ) -> Result<()> {
     use notify::Watcher;
     let (tx, rx) = std::sync::mpsc::channel();
-    let mut watcher = notify::recommended_watcher(move |ev| {
-        let _ = tx.send(ev);
+    // Opens and reads (ours included) are not changes: only the rest wakes the loop.
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if !matches!(&ev, Ok(e) if e.kind.is_access()) {
+            let _ = tx.send(ev);
+        }
     })
     .ok();
     let dir = home.coordination();

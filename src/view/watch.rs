@@ -406,8 +406,12 @@ pub fn run(home: &Home, opts: Options) -> Result<()> {
         });
     }
     let fs_tx = tx.clone();
-    let mut watcher = match notify::recommended_watcher(move |ev| {
-        let _ = fs_tx.send(Msg::Fs(ev));
+    // notify's inotify mask includes IN_OPEN, so the dashboard's own reads would come back
+    // as Access events and redraw forever: only changes are passed on.
+    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if !matches!(&ev, Ok(e) if e.kind.is_access()) {
+            let _ = fs_tx.send(Msg::Fs(ev));
+        }
     }) {
         Ok(w) => Some(w),
         Err(e) => {
