@@ -156,8 +156,31 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    /// Reads the settings for a home.
+    /// The settings for a home, read at most once every few seconds per process: an append
+    /// is on every hot path (spawn, claim), and re-reading the policy each time showed up in
+    /// the queue benchmark. A long-running daemon still picks up an edited policy.
     pub fn for_home(home: &Home) -> Rotation {
+        use std::sync::Mutex;
+        use std::time::{Duration, Instant};
+        type Cached = Option<(std::path::PathBuf, Instant, Rotation)>;
+        static CACHE: Mutex<Cached> = Mutex::new(None);
+        let key = home.policy_path();
+        if let Ok(guard) = CACHE.lock() {
+            if let Some((p, at, r)) = guard.as_ref() {
+                if *p == key && at.elapsed() < Duration::from_secs(5) {
+                    return *r;
+                }
+            }
+        }
+        let r = Rotation::read(home);
+        if let Ok(mut guard) = CACHE.lock() {
+            *guard = Some((key, Instant::now(), r));
+        }
+        r
+    }
+
+    /// Reads the settings from the policy file and the environment.
+    fn read(home: &Home) -> Rotation {
         let mut r = Rotation {
             max_bytes: 64 * 1024 * 1024,
             keep: 5,
