@@ -475,7 +475,7 @@ fn workers_of_another_host_are_judged_by_heartbeat_age_alone() {
     s.set_env("CORRAL_HOST", "host-a");
     let mut r = Reaper::default();
     // A spec from host-b naming a live pid of ours: that pid means nothing for host-b's worker.
-    let bystander = sleeper(&mut r);
+    let mut bystander = sleeper(&mut r);
     let bpid = bystander.id() as i32;
     let mut v = spec_for("w-remote", bpid, json!({}));
     v["process"]["host"] = json!("host-b");
@@ -555,6 +555,8 @@ fn workers_of_another_host_are_judged_by_heartbeat_age_alone() {
         assert!(events_for(&s, "worker_failed", id).is_empty());
     }
     assert!(alive(bpid), "another host's pid is never signalled");
+    let _ = bystander.kill();
+    let _ = bystander.wait();
     assert!(events_for(&s, "worker_failed", "w-remote").is_empty());
     assert!(
         events_for(&s, "worker_restart_scheduled", "w-remote").is_empty(),

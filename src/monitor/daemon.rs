@@ -35,6 +35,8 @@ use std::time::Duration;
 const BAD_FILE_SETTLE_MS: i64 = 500;
 /// Extra wait, beyond the grace period, for `stop-worker` to record a stop it started.
 const SHUTDOWN_SETTLE_SECONDS: f64 = 2.0;
+/// Shortest time between two batches of inotify events (see the event loop).
+const FS_BATCH_MS: i64 = 25;
 /// Alert commands are killed after this long.
 const ALERT_TIMEOUT: Duration = Duration::from_secs(30);
 /// epoll tokens below this are not pidfds.
@@ -135,7 +137,12 @@ pub struct Monitor {
     tx: Sender<Msg>,
     rx: Receiver<Msg>,
     wake: Option<Arc<nix::sys::eventfd::EventFd>>,
+    /// The state directories, built once (every inotify batch is matched against them).
+    state_dirs: Vec<(PathBuf, StateDir)>,
     next_maintain: i64,
+    fs_pending: bool,
+    last_fs_batch: i64,
+    maintain_cost: i64,
     next_summary: i64,
     next_prom: i64,
     next_dir_poll: i64,
@@ -154,6 +161,22 @@ fn now_ms() -> i64 {
 
 fn secs_ms(s: f64) -> i64 {
     (s * 1000.0).round() as i64
+}
+
+/// Milliseconds until the next run of a periodic pass that took `took_ms`: the configured
+/// interval, stretched so the pass never uses more than 1/[`PACING`] of a core (queue
+/// maintenance and Prometheus read every spec: 10,000 workers make them ~100 ms each).
+fn paced(interval_s: f64, took_ms: i64) -> i64 {
+    secs_ms(interval_s).max(took_ms * PACING)
+}
+
+/// Periodic passes may use at most 1/PACING of a core.
+const PACING: i64 = 200;
+
+fn timed(f: impl FnOnce()) -> i64 {
+    let t = std::time::Instant::now();
+    f();
+    t.elapsed().as_millis() as i64
 }
 
 fn round1(x: f64) -> f64 {
@@ -181,6 +204,10 @@ impl Monitor {
         let types = WorkerTypes::load(&home)?;
         let restart = RestartState::load(&home)?;
         let (tx, rx) = channel();
+        let state_dirs = StateDir::ALL
+            .iter()
+            .map(|d| (home.specs_dir(*d), *d))
+            .collect();
         let pidfd_budget = if once { 0 } else { sys::raise_nofile_limit() };
         Ok(Monitor {
             home,
@@ -205,7 +232,11 @@ impl Monitor {
             tx,
             rx,
             wake: None,
+            state_dirs,
             next_maintain: 0,
+            fs_pending: false,
+            last_fs_batch: 0,
+            maintain_cost: 0,
             next_summary: 0,
             next_prom: 0,
             next_dir_poll: 0,
@@ -235,9 +266,19 @@ impl Monitor {
                 self.recheck_bad(&p);
             }
         }
+        let scanned = started.elapsed();
         self.restarts(time::now());
         self.maintain(time::now(), true);
-        self.write_prometheus();
+        let maintained = started.elapsed();
+        if self.policy.prometheus_interval_seconds > 0.0 {
+            self.write_prometheus();
+        }
+        tracing::debug!(
+            "scan {:.0} ms, restarts and queue {:.0} ms, prometheus {:.0} ms",
+            scanned.as_secs_f64() * 1000.0,
+            (maintained - scanned).as_secs_f64() * 1000.0,
+            (started.elapsed() - maintained).as_secs_f64() * 1000.0
+        );
         tracing::info!(
             "one pass over {} active worker(s) in {:.0} ms",
             self.workers.len(),
@@ -341,6 +382,7 @@ impl Monitor {
                         if let Some(w) = &self.wake {
                             let _ = w.read();
                         }
+                        self.fs_pending = true;
                     }
                     tok => exited.push(tok),
                 }
@@ -350,7 +392,14 @@ impl Monitor {
                     self.process_gone(&id, "process exited");
                 }
             }
-            self.drain_messages();
+            // Under a steady stream of beats, inotify batches are taken at most every
+            // FS_BATCH_MS: one wakeup per batch instead of one per beat. Process exits
+            // (pidfd) and deadlines (timer heap) are never held back by this.
+            if self.fs_pending && now_ms() >= self.last_fs_batch + FS_BATCH_MS {
+                self.fs_pending = false;
+                self.last_fs_batch = now_ms();
+                self.drain_messages();
+            }
             self.run_timers();
             self.periodic();
         }
@@ -427,6 +476,9 @@ impl Monitor {
         if let Some(t) = self.restart.next_wakeup(&self.policy.restart) {
             next = next.min(ms(t));
         }
+        if self.fs_pending {
+            next = next.min(self.last_fs_batch + FS_BATCH_MS);
+        }
         if !self.bad.is_empty() || !self.stopping.is_empty() {
             next = next.min(now_ms() + 1000);
         }
@@ -437,11 +489,8 @@ impl Monitor {
         let mut dirty: BTreeSet<(StateDir, String)> = BTreeSet::new();
         let mut config = false;
         let mut rescan = false;
+        let dirs = std::mem::take(&mut self.state_dirs);
         let config_dir = self.home.policy_path().parent().map(Path::to_path_buf);
-        let dirs: Vec<(PathBuf, StateDir)> = StateDir::ALL
-            .iter()
-            .map(|d| (self.home.specs_dir(*d), *d))
-            .collect();
         while let Ok(msg) = self.rx.try_recv() {
             match msg {
                 Msg::Fs(ev) => {
@@ -467,11 +516,13 @@ impl Monitor {
                 }
                 Msg::StopDone { id, result } => {
                     self.stopping.remove(&id);
+                    self.maintain_soon();
                     tracing::info!("graceful stop of {id}: {result}");
                     self.refresh_id(&id);
                 }
             }
         }
+        self.state_dirs = dirs;
         if config {
             self.reload_config();
         }
@@ -534,18 +585,26 @@ impl Monitor {
         let t = time::now();
         self.restarts(t);
         if now >= self.next_maintain {
-            self.next_maintain = now + secs_ms(self.settings.maintain_interval);
             let log_summary =
                 self.policy.summary_interval_seconds > 0.0 && now >= self.next_summary;
             if log_summary {
                 self.next_summary = now + secs_ms(self.policy.summary_interval_seconds);
             }
-            self.maintain(t, log_summary);
+            let took = timed(|| self.maintain(t, log_summary));
+            self.maintain_cost = took;
+            self.next_maintain = now_ms() + paced(self.settings.maintain_interval, took);
         }
         if self.policy.prometheus_interval_seconds > 0.0 && now >= self.next_prom {
-            self.next_prom = now + secs_ms(self.policy.prometheus_interval_seconds);
-            self.write_prometheus();
+            let took = timed(|| self.write_prometheus());
+            self.next_prom = now_ms() + paced(self.policy.prometheus_interval_seconds, took);
         }
+    }
+
+    /// A worker left `active/`: its claimed task should be requeued soon, not at the next
+    /// regular pass (still no more often than the pacing allows).
+    fn maintain_soon(&mut self) {
+        let soon = now_ms() + paced(0.2, self.maintain_cost);
+        self.next_maintain = self.next_maintain.min(soon);
     }
 
     fn schedule_dir_poll(&mut self, now: i64) {
@@ -986,6 +1045,7 @@ impl Monitor {
             Ok(spec) => {
                 tracing::info!("{id}: {reason} → {}", spec.status);
                 self.untrack(id);
+                self.maintain_soon();
                 if spec.status == Status::Failed {
                     self.consider_failure(&spec);
                 }
@@ -1142,6 +1202,7 @@ impl Monitor {
                     Ok(spec) => {
                         tracing::warn!("{id}: zombie: {reason}");
                         self.untrack(id);
+                        self.maintain_soon();
                         self.consider_failure(&spec);
                     }
                     Err(e) => {
@@ -1538,16 +1599,13 @@ impl Monitor {
                     .original_worker_id
                     .clone()
                     .unwrap_or_else(|| id.clone());
-                self.history(restart::history_line(
-                    now,
-                    &original,
-                    None,
+                let lineage = restart::Lineage {
+                    original: &original,
+                    failed: id,
+                    worker_type: &spec.worker_type,
                     attempt,
-                    "abandoned",
-                    &reason,
-                    id,
-                    &spec.worker_type,
-                ));
+                };
+                self.history(lineage.line(now, None, "abandoned", &reason));
                 let ev = Event::new(
                     EventType::WorkerRestartAbandoned,
                     format!("{id}: not restarting: {reason}"),
@@ -1592,17 +1650,14 @@ impl Monitor {
         let Some(pr) = self.restart.pending.get(fid).cloned() else {
             return;
         };
+        let lineage = restart::Lineage {
+            original: &pr.original_worker_id,
+            failed: fid,
+            worker_type: &pr.worker_type,
+            attempt: pr.attempt,
+        };
         let history = |m: &Self, new: Option<&str>, result: &str, reason: &str| {
-            m.history(restart::history_line(
-                now,
-                &pr.original_worker_id,
-                new,
-                pr.attempt,
-                result,
-                reason,
-                fid,
-                &pr.worker_type,
-            ))
+            m.history(lineage.line(now, new, result, reason))
         };
         if let Gate::Wait { until, reason } = self.restart.gate(&pr, &self.policy.restart, now) {
             if pr.blocked.as_deref() != Some(reason.as_str()) {

@@ -372,27 +372,30 @@ impl RestartState {
     }
 }
 
-/// One line of `metrics/worker-restart-history.jsonl`.
-pub fn history_line(
-    now: Timestamp,
-    original: &str,
-    new_id: Option<&str>,
-    attempt: u32,
-    result: &str,
-    reason: &str,
-    failed: &str,
-    worker_type: &str,
-) -> Value {
-    serde_json::json!({
-        "timestamp": crate::time::format(&now),
-        "original_worker_id": original,
-        "new_worker_id": new_id,
-        "attempt": attempt,
-        "result": result,
-        "reason": reason,
-        "failed_worker_id": failed,
-        "worker_type": worker_type,
-    })
+/// Whose restart a line of `metrics/worker-restart-history.jsonl` is about.
+#[derive(Debug, Clone, Copy)]
+pub struct Lineage<'a> {
+    pub original: &'a str,
+    pub failed: &'a str,
+    pub worker_type: &'a str,
+    pub attempt: u32,
+}
+
+impl Lineage<'_> {
+    /// One history line: `{timestamp, original_worker_id, new_worker_id, attempt, result,
+    /// reason}` plus the failed worker and its type.
+    pub fn line(&self, now: Timestamp, new_id: Option<&str>, result: &str, reason: &str) -> Value {
+        serde_json::json!({
+            "timestamp": crate::time::format(&now),
+            "original_worker_id": self.original,
+            "new_worker_id": new_id,
+            "attempt": self.attempt,
+            "result": result,
+            "reason": reason,
+            "failed_worker_id": self.failed,
+            "worker_type": self.worker_type,
+        })
+    }
 }
 
 #[cfg(test)]
