@@ -143,7 +143,7 @@ pub fn spawn(home: &Home, req: &SpawnRequest) -> Result<Vec<WorkerSpec>> {
     let pool = req.count > 1;
     let session = specs.first().and_then(|s| s.session_id.clone());
     // An operator-chosen id is locked first (lock order: worker before budget).
-    let _named = match &req.id {
+    let named = match &req.id {
         Some(id) => {
             let g = spec::lock(home, id)?;
             if let Some((dir, _)) = spec::locate(home, id) {
@@ -215,6 +215,9 @@ pub fn spawn(home: &Home, req: &SpawnRequest) -> Result<Vec<WorkerSpec>> {
         .with("workers", specs.len()),
     );
     events::emit_many(home, &evs);
+    // launch() takes the worker lock itself: a second flock on another open file description
+    // would block on our own hold.
+    drop(named);
     if let Some(cmd) = &command {
         for s in specs.iter_mut() {
             match launch(home, s, cmd) {
@@ -414,6 +417,9 @@ pub struct Beat {
     pub task_id: Option<String>,
     pub message: Option<String>,
     pub progress: Option<f64>,
+    /// Jobs finished since the last report, added to the spec's `jobs_processed` (seed 000's
+    /// "jobs per worker").
+    pub jobs_add: Option<u64>,
 }
 
 /// Records a heartbeat. The first beat confirms a pending worker alive (`worker_ready`).
@@ -475,6 +481,10 @@ pub fn heartbeat(home: &Home, id: &str, beat: &Beat) -> Result<WorkerSpec> {
             .with("used", spec.token_budget.used)
             .with("allocated", alloc),
         );
+    }
+    if let Some(n) = beat.jobs_add {
+        let total = jobs_processed(&spec).saturating_add(n);
+        spec.extra.insert("jobs_processed".into(), total.into());
     }
     let hb = &mut spec.heartbeat;
     hb.last_seen = Some(now);

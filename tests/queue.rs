@@ -841,3 +841,92 @@ fn maintain_in_the_home_reports_stuck_and_starved_once() {
     assert_eq!(stuck[0]["worker_id"], w.as_str());
     assert!(stuck[0]["data"]["elapsed_seconds"].as_f64().unwrap() >= 399.0);
 }
+
+/// A launched worker whose process is the work loop completes when the loop ends by itself
+/// (so the monitor never takes the exit for a crash), counting its jobs; one stopped with
+/// SIGTERM is recorded as stopped by the stopper instead.
+#[test]
+fn launched_work_loop_completes_its_worker_on_idle_exit_and_is_stopped_on_sigterm() {
+    let s = Scene::new();
+    let reaper = Reaper(Arc::new(Mutex::new(Vec::new())));
+    enqueue(&s, &["--class", "conv", "--payload", "{\"n\":1}"]);
+    enqueue(&s, &["--class", "conv", "--payload", "{\"n\":2}"]);
+    let tq = common::bin("task-queue");
+    let tq = tq.to_str().expect("utf-8 path");
+    s.ok(
+        "spawn-worker",
+        &[
+            "--type",
+            "converter-worker",
+            "--id",
+            "w-loop",
+            "--",
+            tq,
+            "work",
+            "--worker",
+            "w-loop",
+            "--class",
+            "conv",
+            "--idle-exit",
+            "1",
+            "--",
+            "cat",
+        ],
+    );
+    if let Some(pid) = s.spec("active", "w-loop")["pid"].as_u64() {
+        reaper.track(pid as u32);
+    }
+    assert!(
+        wait_until(Duration::from_secs(30), || s.dirs_of("w-loop")
+            == vec!["completed"]),
+        "the work loop did not complete its worker:\n{}",
+        s.tree()
+    );
+    let spec = s.spec("completed", "w-loop");
+    assert_eq!(spec["jobs_processed"], 2, "{spec}");
+    assert_eq!(spec["exit"]["code"], 0);
+    assert_eq!(s.events_of("task_completed").len(), 2);
+    assert_eq!(s.events_of("worker_completed").len(), 1);
+    assert!(s.events_of("worker_failed").is_empty());
+
+    s.ok(
+        "spawn-worker",
+        &[
+            "--type",
+            "converter-worker",
+            "--id",
+            "w-term",
+            "--",
+            tq,
+            "work",
+            "--worker",
+            "w-term",
+            "--class",
+            "conv",
+            "--idle-exit",
+            "60",
+            "--",
+            "cat",
+        ],
+    );
+    if let Some(pid) = s.spec("active", "w-term")["pid"].as_u64() {
+        reaper.track(pid as u32);
+    }
+    assert!(wait_until(Duration::from_secs(20), || s
+        .spec("active", "w-term")["status"]
+        == "idle"));
+    s.ok(
+        "stop-worker",
+        &["w-term", "--grace", "5", "--reason", "scale down"],
+    );
+    assert_eq!(s.dirs_of("w-term"), vec!["completed"]);
+    let stopped = s.events_of("worker_stopped");
+    assert_eq!(stopped.len(), 1);
+    assert_eq!(stopped[0]["worker_id"], "w-term");
+    assert_eq!(
+        s.events_of("worker_completed").len(),
+        1,
+        "a SIGTERM'd loop does not complete itself"
+    );
+    s.code("recalc-budget", &["--check"], 0);
+}

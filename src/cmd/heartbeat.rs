@@ -40,6 +40,9 @@ pub struct Cli {
     /// A short status message.
     #[arg(long)]
     pub message: Option<String>,
+    /// Jobs finished since the last report (adds to the spec's `jobs_processed`).
+    #[arg(long, value_name = "N")]
+    pub jobs_add: Option<u64>,
     /// Progress in percent (0–100).
     #[arg(long, value_name = "PCT")]
     pub progress: Option<f64>,
@@ -105,6 +108,7 @@ fn run(cli: Cli) -> Result<()> {
         task_id: cli.task_id.clone(),
         message: cli.message.clone(),
         progress: cli.progress,
+        jobs_add: cli.jobs_add,
     };
     if cli.run_loop {
         let pid = cli

@@ -395,9 +395,21 @@ fn refuse_dead_worker(home: &Home, worker: &str) -> Result<()> {
 
 /// Sets an active worker's status (and task); a failure here never undoes the queue change.
 fn beat(home: &Home, worker: &str, status: Status, task_id: Option<&str>) -> Result<()> {
+    beat_jobs(home, worker, status, task_id, 0)
+}
+
+/// Like [`beat`], also counting `jobs` finished tasks into the spec's `jobs_processed`.
+fn beat_jobs(
+    home: &Home,
+    worker: &str,
+    status: Status,
+    task_id: Option<&str>,
+    jobs: u64,
+) -> Result<()> {
     let b = Beat {
         status: Some(status),
         task_id: task_id.map(str::to_string),
+        jobs_add: (jobs > 0).then_some(jobs),
         ..Beat::default()
     };
     lifecycle::heartbeat(home, worker, &b).map(|_| ())
@@ -658,10 +670,14 @@ impl Loop<'_> {
     /// Beats (worker) or does nothing (non-worker, idle). `false` when the worker is no
     /// longer active or is shutting down: the loop must end.
     fn keepalive(&self, status: Status, task_id: Option<&str>) -> bool {
+        self.keepalive_jobs(status, task_id, 0)
+    }
+
+    fn keepalive_jobs(&self, status: Status, task_id: Option<&str>, jobs: u64) -> bool {
         if !self.is_worker {
             return true;
         }
-        match beat(self.home, &self.a.worker, status, task_id) {
+        match beat_jobs(self.home, &self.a.worker, status, task_id, jobs) {
             Ok(()) => {
                 tracing::debug!("heartbeat sent - status: {status}");
                 true
@@ -877,7 +893,7 @@ fn work(home: &Home, a: WorkArgs) -> Result<()> {
                 let out = lp.run_task(&task)?;
                 lp.finish(&task, out);
                 done += 1;
-                alive = lp.keepalive(Status::Idle, None);
+                alive = lp.keepalive_jobs(Status::Idle, None, 1);
                 idle_since = Instant::now();
             }
             None => {
@@ -896,5 +912,29 @@ fn work(home: &Home, a: WorkArgs) -> Result<()> {
         }
     }
     tracing::info!("worker {} shutting down - completed {done} tasks", a.worker);
+    if is_worker && alive && !STOP.load(Ordering::SeqCst) {
+        complete_if_own_process(home, &a.worker, done);
+    }
     Ok(())
+}
+
+/// When this loop is the worker's own launched process (`exec task-queue work …`) and it
+/// ends by itself (`--idle-exit`, `--max-tasks`), the worker has finished: report completion,
+/// so the monitor does not take the exit for a crash and restart it. On SIGTERM the stopper
+/// records the stop instead; a loop run by some other process of the worker leaves the
+/// worker's fate to that process.
+fn complete_if_own_process(home: &Home, worker: &str, done: u64) {
+    let own = crate::spec::load(home, worker)
+        .ok()
+        .and_then(|l| l.spec.process.map(|p| p.pid))
+        == Some(std::process::id() as i32);
+    if !own {
+        return;
+    }
+    let summary = format!("work loop ended after {done} task(s)");
+    match lifecycle::complete_worker(home, worker, Some(&summary)) {
+        Ok(_) => tracing::info!("worker {worker} completed: {summary}"),
+        Err(Error::Conflict(m)) => tracing::debug!("not completing {worker}: {m}"),
+        Err(e) => tracing::warn!("cannot complete worker {worker}: {e}"),
+    }
 }
