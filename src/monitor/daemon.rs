@@ -1015,9 +1015,24 @@ impl Monitor {
         }
         self.polled.remove(id);
         w.exited = true;
-        let status = w.view.status;
-        let finished = w.view.progress.is_some_and(|p| p >= 100.0);
+        let (mut status, mut finished) =
+            (w.view.status, w.view.progress.is_some_and(|p| p >= 100.0));
         let pid = w.process.as_ref().map(|p| p.pid).unwrap_or(0);
+        // The exit can arrive before inotify brings the spec change that explains it
+        // (`stop-worker` writes shutting_down before its SIGTERM; a work loop completes its
+        // worker before exiting): judge by the spec as it is now, not the cached view.
+        match spec::load(&self.home, id) {
+            Ok(l) if l.dir == StateDir::Active => {
+                status = l.spec.status;
+                finished = finished || l.spec.heartbeat.progress.is_some_and(|p| p >= 100.0);
+            }
+            Ok(_) | Err(Error::NotFound(_)) => {
+                let _ = sys::reap(pid);
+                self.refresh_id(id);
+                return;
+            }
+            Err(_) => {}
+        }
         let (code, signal) = sys::reap(pid).unwrap_or((None, None));
         let reason = match (code, signal) {
             (Some(c), _) => format!("{how} with code {c}"),
