@@ -367,14 +367,20 @@ fn runbook_wrapper_scripts_pass_arguments_through() {
 
     // Without a binary anywhere, the wrapper says so and exits 127.
     let lone = s.dir.path().join("lone");
-    std::fs::create_dir_all(&lone).unwrap();
+    std::fs::create_dir_all(lone.join("dashboards")).unwrap();
+    std::fs::create_dir_all(lone.join("lib")).unwrap();
     std::fs::copy(
         repo().join("scripts/dashboards/worker-monitor.sh"),
-        lone.join("wm.sh"),
+        lone.join("dashboards/wm.sh"),
+    )
+    .unwrap();
+    std::fs::copy(
+        repo().join("scripts/lib/find-bin.sh"),
+        lone.join("lib/find-bin.sh"),
     )
     .unwrap();
     let mut c = Command::new("bash");
-    c.arg(lone.join("wm.sh"))
+    c.arg(lone.join("dashboards/wm.sh"))
         .env_clear()
         .env("PATH", "/usr/bin:/bin");
     let out = common::run_with_timeout(&mut c, Duration::from_secs(30));
