@@ -33,9 +33,9 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
     let mut seen: BTreeMap<String, Vec<(StateDir, Status)>> = BTreeMap::new();
     let mut refused = Vec::new();
+    let mut listing = Vec::new();
     for dir in StateDir::ALL {
-        let d = home.specs_dir(dir);
-        let Ok(rd) = std::fs::read_dir(&d) else {
+        let Ok(rd) = std::fs::read_dir(home.specs_dir(dir)) else {
             continue;
         };
         let mut names: Vec<String> = rd
@@ -43,7 +43,14 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
             .filter_map(|e| e.file_name().to_str().map(String::from))
             .collect();
         names.sort();
+        listing.push((dir, names));
+    }
+    let progress =
+        crate::progress::Progress::new("corral doctor", listing.iter().map(|(_, n)| n.len()).sum());
+    for (dir, names) in listing {
+        let d = home.specs_dir(dir);
         for name in names {
+            progress.inc();
             let p = d.join(&name);
             let Some(id) = name.strip_suffix(".json") else {
                 continue;
@@ -64,6 +71,7 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
             }
         }
     }
+    progress.finish();
     for (kind, p, why) in refused {
         out.push(bad(home, fix, kind, &p, why)?);
     }

@@ -18,6 +18,7 @@ pub mod lifecycle;
 pub mod monitor;
 pub mod policy;
 pub mod process;
+pub mod progress;
 pub mod queue;
 pub mod schema;
 pub mod shutdown;

@@ -448,7 +448,13 @@ pub fn cleanup(home: &Home, opts: &CleanupOptions) -> Result<CleanupReport> {
         }
     };
     let (targets, mut failed) = collect_targets(home, opts, &mut report)?;
-    let items = par_map(&targets, CLEANUP_PARALLEL, |t| clean_one(home, t, opts));
+    let progress = crate::progress::Progress::new("cleanup-zombies", targets.len());
+    let items = par_map(&targets, CLEANUP_PARALLEL, |t| {
+        let item = clean_one(home, t, opts);
+        progress.inc();
+        item
+    });
+    progress.finish();
     // Keep the order of the ids as found; named-but-unusable ids come last.
     report.workers = items;
     report.workers.append(&mut failed);
