@@ -1083,20 +1083,33 @@ fn reuse_prints_an_idle_healthy_worker_instead_of_spawning() {
 #[test]
 fn progress_bar_only_on_a_terminal() {
     let s = Scene::with_tokens(100_000_000);
-    s.ok("spawn-worker", &["--type", "test-worker", "--tokens", "1", "--count", "250"]);
+    s.ok(
+        "spawn-worker",
+        &["--type", "test-worker", "--tokens", "1", "--count", "250"],
+    );
     let piped = s.run("corral", &["doctor"]);
     assert_eq!(piped.status.code(), Some(0));
-    assert!(!common::stderr(&piped).contains('\r'), "no progress into a pipe");
+    assert!(
+        !common::stderr(&piped).contains('\r'),
+        "no progress into a pipe"
+    );
     if Command::new("script").arg("--version").output().is_err() {
         eprintln!("SKIP: script(1) not installed, the terminal half is not checked");
         return;
     }
-    let doctor = format!("{} doctor --home {}", common::bin("corral").display(), s.home.display());
+    let doctor = format!(
+        "{} doctor --home {}",
+        common::bin("corral").display(),
+        s.home.display()
+    );
     let mut c = Command::new("script");
     c.args(["-q", "-e", "-c", &doctor, "/dev/null"]);
     let out = common::run_with_timeout(&mut c, Duration::from_secs(60));
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(0), "{text}");
-    assert!(text.contains("corral doctor 250/250 [####################] 100%"), "{text:?}");
+    assert!(
+        text.contains("corral doctor 250/250 [####################] 100%"),
+        "{text:?}"
+    );
     assert!(text.contains("ok: no problems found"));
 }
