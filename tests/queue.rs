@@ -877,8 +877,10 @@ fn launched_work_loop_completes_its_worker_on_idle_exit_and_is_stopped_on_sigter
         reaper.track(pid as u32);
     }
     assert!(
+        // The event follows the move: wait for both.
         wait_until(Duration::from_secs(30), || s.dirs_of("w-loop")
-            == vec!["completed"]),
+            == vec!["completed"]
+            && s.events_of("worker_completed").len() == 1),
         "the work loop did not complete its worker:\n{}",
         s.tree()
     );
