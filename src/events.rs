@@ -313,9 +313,7 @@ mod tests {
 
     #[test]
     fn rotation_keeps_every_line() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        home.init(false).unwrap();
+        let (_dir, home) = crate::home::test_home();
         let policy = home.policy_path();
         let mut p: Value =
             serde_json::from_str(&std::fs::read_to_string(&policy).unwrap()).unwrap();

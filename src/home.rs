@@ -328,6 +328,16 @@ impl Home {
     }
 }
 
+/// A fresh, initialised home in a temp dir, for unit tests across the crate (keep the
+/// `TempDir` alive as long as the home is used).
+#[cfg(test)]
+pub(crate) fn test_home() -> (tempfile::TempDir, Home) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let home = Home::at(dir.path());
+    home.init(false).expect("init");
+    (dir, home)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

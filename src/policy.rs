@@ -315,9 +315,7 @@ mod tests {
 
     #[test]
     fn template_files_load() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        home.init(false).unwrap();
+        let (_dir, home) = crate::home::test_home();
         let file: Value =
             serde_json::from_str(&std::fs::read_to_string(home.policy_path()).unwrap()).unwrap();
         assert_eq!(

@@ -1896,10 +1896,7 @@ mod tests {
     use serde_json::json;
 
     fn home() -> (tempfile::TempDir, Home) {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        home.init(false).unwrap();
-        (dir, home)
+        crate::home::test_home()
     }
 
     fn claimed(by: &str, at: Timestamp) -> Task {

@@ -282,10 +282,7 @@ mod tests {
     use super::*;
 
     fn home() -> (tempfile::TempDir, Home) {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        home.init(false).unwrap();
-        (dir, home)
+        crate::home::test_home()
     }
 
     #[test]

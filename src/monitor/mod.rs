@@ -173,9 +173,7 @@ mod tests {
 
     #[test]
     fn flags_override_file_and_monitor_keys_default() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        home.init(false).unwrap();
+        let (_dir, home) = crate::home::test_home();
         let over = vec![
             ("zombie_seconds".to_string(), json!(7.0)),
             (KEY_POLL_INTERVAL.to_string(), json!(0.5)),

@@ -547,9 +547,7 @@ mod tests {
 
     #[test]
     fn state_round_trips_through_the_file() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        home.init(false).unwrap();
+        let (_dir, home) = crate::home::test_home();
         let mut st = RestartState::default();
         st.on_failure(&failed("w0", 0, None), true, 3, &policy(), at("00:00"));
         st.save(&home).unwrap();

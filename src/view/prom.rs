@@ -391,9 +391,7 @@ mod tests {
 
     #[test]
     fn detections_are_counted_incrementally() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        home.init(false).unwrap();
+        let (_dir, home) = crate::home::test_home();
         let line = |k: &str| {
             format!("{{\"id\":\"e\",\"timestamp\":\"2026-01-01T00:00:00Z\",\"type\":\"{k}\",\"data\":{{\"type\":\"x\"}}}}\n")
         };

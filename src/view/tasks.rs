@@ -222,9 +222,7 @@ mod tests {
 
     #[test]
     fn counts_and_jobs_from_files() {
-        let dir = tempfile::tempdir().unwrap();
-        let home = Home::at(dir.path());
-        home.init(false).unwrap();
+        let (_dir, home) = crate::home::test_home();
         let p = home.tasks_dir(TaskState::Pending).join("llm");
         std::fs::create_dir_all(&p).unwrap();
         std::fs::write(p.join("1-1000000000-t1.json"), "{}").unwrap();
