@@ -11,7 +11,6 @@ use crate::spec::{self, Status};
 use crate::store::{self, ReadError};
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, SystemTime};
 
 /// Staging files younger than this may belong to a write in progress.
@@ -90,7 +89,7 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
             };
             if fix {
                 let _g = spec::lock(home, id)?;
-                let q = quarantine(
+                let q = events::quarantine(
                     home,
                     &p,
                     &format!("duplicate of {}", home.spec_path(keep, id).display()),
@@ -209,26 +208,10 @@ fn bad(
         fixed: None,
     };
     if fix {
-        let q = quarantine(home, p, &why)?;
+        let q = events::quarantine(home, p, &why)?;
         f.fixed = Some(format!("quarantined as {}", q.display()));
     }
     Ok(f)
-}
-
-/// Quarantines a file with a `spec_quarantined` event.
-pub fn quarantine(home: &Home, p: &std::path::Path, why: &str) -> Result<PathBuf> {
-    let q = store::quarantine(home, p, why)?;
-    events::emit(
-        home,
-        Event::new(
-            EventType::SpecQuarantined,
-            format!("quarantined {}: {why}", p.display()),
-        )
-        .with("path", p.display().to_string())
-        .with("quarantined_as", q.display().to_string())
-        .with("reason", why),
-    );
-    Ok(q)
 }
 
 fn settle_mismatch(home: &Home, id: &str, dir: StateDir, status: Status) -> Result<String> {

@@ -268,6 +268,23 @@ fn rotate(home: &Home, keep: u32) -> Result<()> {
     Ok(())
 }
 
+/// Moves a bad file into `quarantine/` (with its `.reason`) and logs `spec_quarantined`:
+/// the one way every scanner (doctor, monitor, cleanup, task queue) sets a file aside.
+pub fn quarantine(home: &Home, path: &std::path::Path, why: &str) -> Result<std::path::PathBuf> {
+    let q = store::quarantine(home, path, why)?;
+    emit(
+        home,
+        Event::new(
+            EventType::SpecQuarantined,
+            format!("quarantined {}: {why}", path.display()),
+        )
+        .with("path", path.display().to_string())
+        .with("quarantined_as", q.display().to_string())
+        .with("reason", why),
+    );
+    Ok(q)
+}
+
 /// Appends one JSON line to another JSONL file (restart history), under a lock named after it.
 pub fn append_jsonl(
     home: &Home,

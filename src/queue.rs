@@ -326,20 +326,8 @@ fn task_event(kind: EventType, task: &Task, message: String) -> Event {
 
 /// Quarantines a bad task file found by a scanner and says so in the log; scanning goes on.
 fn quarantine_task(home: &Home, path: &Path, why: &str) {
-    match store::quarantine(home, path, why) {
-        Ok(q) => {
-            tracing::warn!("quarantined bad task file {}: {why}", path.display());
-            events::emit(
-                home,
-                Event::new(
-                    EventType::SpecQuarantined,
-                    format!("bad task file {} quarantined: {why}", path.display()),
-                )
-                .with("path", path.display().to_string())
-                .with("quarantined_to", q.display().to_string())
-                .with("reason", why),
-            );
-        }
+    match events::quarantine(home, path, why) {
+        Ok(_) => tracing::warn!("quarantined bad task file {}: {why}", path.display()),
         Err(e) => tracing::error!("cannot quarantine {}: {e}", path.display()),
     }
 }

@@ -570,7 +570,7 @@ fn quarantine_all(
         let quarantined_as = if dry_run {
             None
         } else {
-            match crate::doctor::quarantine(home, &path, &reason) {
+            match crate::events::quarantine(home, &path, &reason) {
                 Ok(q) => Some(q.display().to_string()),
                 // Someone else moved it first: nothing left to do.
                 Err(e) if e.is_not_found_io() => continue,

@@ -837,7 +837,7 @@ impl Monitor {
             }
             return;
         };
-        match crate::doctor::quarantine(&self.home, path, &why) {
+        match crate::events::quarantine(&self.home, path, &why) {
             Ok(q) => tracing::warn!("quarantined {} as {}: {why}", path.display(), q.display()),
             Err(e) if e.is_not_found_io() => {}
             Err(e) => tracing::error!("cannot quarantine {}: {e}", path.display()),

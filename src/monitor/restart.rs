@@ -145,13 +145,13 @@ impl RestartState {
             Ok(v) => match serde_json::from_value(v) {
                 Ok(s) => Ok(s),
                 Err(e) => {
-                    crate::doctor::quarantine(home, &path, &format!("invalid restart state: {e}"))?;
+                    crate::events::quarantine(home, &path, &format!("invalid restart state: {e}"))?;
                     Ok(RestartState::default())
                 }
             },
             Err(ReadError::Missing) => Ok(RestartState::default()),
             Err(ReadError::Refused(why)) => {
-                crate::doctor::quarantine(home, &path, &why)?;
+                crate::events::quarantine(home, &path, &why)?;
                 Ok(RestartState::default())
             }
             Err(ReadError::Io(e)) => Err(e),
