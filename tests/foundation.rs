@@ -295,8 +295,10 @@ fn launched_worker_is_detached_identified_and_holds_its_liveness_lock() {
     assert_eq!(s.events_of("worker_starting").len(), 1);
     // The worker beats by itself: pending -> idle with worker_ready.
     assert!(
+        // The event follows the committed change: wait for both.
         wait_until(Duration::from_secs(20), || s.spec("active", &id)["status"]
-            == "idle"),
+            == "idle"
+            && !s.events_of("worker_ready").is_empty()),
         "{}",
         s.tree()
     );
