@@ -16,7 +16,6 @@ use crate::spec::{self, ExitInfo, Located, Priority, Status, WorkerSpec};
 use crate::store;
 use crate::time::{self, Timestamp};
 use serde_json::{json, Value};
-use std::path::PathBuf;
 use std::time::Duration;
 
 /// What `spawn-worker` was asked for.
@@ -835,9 +834,4 @@ pub fn ids_in(
 pub fn spec_json(s: &WorkerSpec) -> Value {
     s.to_value()
         .unwrap_or_else(|_| json!({"worker_id": s.worker_id}))
-}
-
-/// The paths a command may need to print.
-pub fn spec_path(home: &Home, id: &str) -> Option<PathBuf> {
-    spec::locate(home, id).map(|(_, p)| p)
 }

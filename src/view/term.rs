@@ -10,10 +10,16 @@
 use std::io::Write;
 use std::os::fd::RawFd;
 
-/// True when `fd` is a terminal.
+/// True when `fd` (stdin, stdout or stderr) is a terminal; std's `IsTerminal`, as the
+/// progress bar uses, without unsafe code.
 pub fn is_tty(fd: RawFd) -> bool {
-    // SAFETY: isatty only inspects the descriptor.
-    unsafe { libc::isatty(fd) == 1 }
+    use std::io::IsTerminal;
+    match fd {
+        libc::STDIN_FILENO => std::io::stdin().is_terminal(),
+        libc::STDOUT_FILENO => std::io::stdout().is_terminal(),
+        libc::STDERR_FILENO => std::io::stderr().is_terminal(),
+        _ => false,
+    }
 }
 
 /// Colour only on a terminal and only when `NO_COLOR` is unset or empty (no-color.org).
