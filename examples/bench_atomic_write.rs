@@ -4,6 +4,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::time::Instant;
 
 fn main() -> std::io::Result<()> {
@@ -18,7 +19,12 @@ fn main() -> std::io::Result<()> {
     let start = Instant::now();
     for i in 0..count {
         let t = tmp.join(format!("{i}.tmp"));
-        let mut f = OpenOptions::new().write(true).create_new(true).open(&t)?;
+        // The mode corral writes with in a private home.
+        let mut f = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&t)?;
         f.write_all(&body)?;
         f.sync_all()?;
         std::fs::rename(&t, out.join(format!("{i}.json")))?;

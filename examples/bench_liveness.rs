@@ -3,10 +3,14 @@
 //! - `sigkill`: SIGKILL of a launched worker → its spec in `zombie/` (median, p99);
 //! - `stale`: how late after `zombie_seconds` a silent worker is declared a zombie;
 //! - `soak`: daemon CPU and peak RSS with N simulated workers beating every 30 s;
-//! - `once`: wall time of `heartbeat-monitor --once` over N specs.
+//! - `once`: wall time of `heartbeat-monitor --once` over N specs;
+//! - `spawners`: false failures among spawns by concurrent spawners while the daemon runs
+//!   (a healthy worker declared gone before its process could have ended).
 //!
-//! Usage: `bench_liveness --bin DIR --tmp DIR [sigkill|stale|soak|once|all]`; sizes from env
-//! `BENCH_KILLS` (50), `BENCH_STALE` (50), `BENCH_WORKERS` (10000), `BENCH_SOAK_SECONDS` (60).
+//! Usage: `bench_liveness --bin DIR --tmp DIR [sigkill|stale|soak|once|spawners|all]`; sizes
+//! from env `BENCH_KILLS` (50), `BENCH_STALE` (50), `BENCH_WORKERS` (10000),
+//! `BENCH_SOAK_SECONDS` (60), `BENCH_SPAWNS` (10000), `BENCH_SPAWNERS` (4),
+//! `BENCH_SPAWN_LIFE` (10: seconds each spawned worker lives).
 
 use corral::home::{Home, StateDir};
 use corral::spec::{Status, WorkerSpec};
@@ -312,6 +316,83 @@ fn once(bin: &Path, tmp: &Path) -> Res<()> {
     Ok(())
 }
 
+fn spawners(bin: &Path, tmp: &Path) -> Res<()> {
+    let n = env_n("BENCH_SPAWNS", 10_000);
+    let k = env_n("BENCH_SPAWNERS", 4).max(1);
+    let life = env_n("BENCH_SPAWN_LIFE", 10).max(2);
+    let home = fresh_home(tmp, "spawners")?;
+    set_policy(
+        &home,
+        &[
+            ("pending_timeout_seconds", 3600.into()),
+            ("warning_seconds", 3000.into()),
+            ("critical_seconds", 3500.into()),
+            ("zombie_seconds", 3600.into()),
+            ("restart.enabled", false.into()),
+        ],
+    )?;
+    let _d = start_monitor(bin, &home, &[])?;
+    let t0 = Instant::now();
+    let life_s = life.to_string();
+    let errors: u64 = std::thread::scope(|sc| {
+        let hs: Vec<_> = (0..k)
+            .map(|i| {
+                let (home, life_s) = (&home, &life_s);
+                sc.spawn(move || {
+                    let mine = n / k + u64::from(i < n % k);
+                    let mut errors = 0u64;
+                    for _ in 0..mine {
+                        let ok = Command::new(bin.join("spawn-worker"))
+                            .args(["--type", "build-worker", "--", "sleep", life_s])
+                            .env("CORRAL_HOME", home.root())
+                            .stdout(Stdio::null())
+                            .stderr(Stdio::null())
+                            .status()
+                            .map(|s| s.success())
+                            .unwrap_or(false);
+                        errors += u64::from(!ok);
+                    }
+                    errors
+                })
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap_or(0)).sum()
+    });
+    let took = t0.elapsed().as_secs_f64();
+    // Every worker's process ends after `life` s; the monitor records those ends. A failure
+    // recorded before that could have happened is a false one.
+    std::thread::sleep(Duration::from_secs(life + 3));
+    let mut false_failures = Vec::new();
+    let mut ended = 0u64;
+    for dir in [StateDir::Zombie, StateDir::Completed] {
+        let (specs, _) = corral::spec::scan(&home, dir)?;
+        for s in specs {
+            ended += 1;
+            let (Some(c), Some(e)) = (s.created_at, s.exit.as_ref()) else {
+                continue;
+            };
+            if corral::time::secs_between(c, e.at) < (life as f64) - 1.0 {
+                false_failures.push(e.reason.clone());
+            }
+        }
+    }
+    let active = std::fs::read_dir(home.specs_dir(StateDir::Active))?.count();
+    let mut reasons: Vec<String> = false_failures.clone();
+    reasons.sort();
+    reasons.dedup();
+    println!(
+        "liveness: {n} spawns by {k} concurrent spawners with the daemon running, {took:.1} s ({:.0} spawns/s, {errors} spawn errors): {} false failures{} ({ended} ended, {active} still active)",
+        n as f64 / took,
+        false_failures.len(),
+        if reasons.is_empty() {
+            String::new()
+        } else {
+            format!(" [{}]", reasons.join("; "))
+        }
+    );
+    Ok(())
+}
+
 fn main() -> Res<()> {
     let mut bin = None;
     let mut tmp = None;
@@ -333,6 +414,7 @@ fn main() -> Res<()> {
             "stale".into(),
             "once".into(),
             "soak".into(),
+            "spawners".into(),
         ];
     }
     for w in what {
@@ -341,6 +423,7 @@ fn main() -> Res<()> {
             "stale" => stale(&bin, &tmp)?,
             "soak" => soak(&bin, &tmp)?,
             "once" => once(&bin, &tmp)?,
+            "spawners" => spawners(&bin, &tmp)?,
             other => return Err(format!("unknown benchmark {other:?}").into()),
         }
     }

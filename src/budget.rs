@@ -59,7 +59,7 @@ impl Budget {
                 available: self.available,
             });
         }
-        self.used += n;
+        self.used = self.used.saturating_add(n);
         self.settle();
         Ok(())
     }

@@ -1,6 +1,11 @@
 //! What every binary shares: the global flags, logging setup, and `run_main`, the one wrapper
 //! that turns a `Result` into the exit codes of DESIGN.md §1 and prints errors as one line
 //! (`error: what: why`) plus a hint. Only this wrapper decides how a process exits.
+//!
+//! Logs: colour codes only when stderr is a terminal and `NO_COLOR` is unset (a journal or a
+//! file must not fill with escapes). A daemon also writes `agents/logs/<binary>.log` itself,
+//! under exactly that name (so `tail -F` of the documented path works), opened `O_NOFOLLOW`
+//! like every log corral writes, and rotated by size (`.1`, `.2`, …).
 
 use crate::error::{Error, Result};
 use crate::home::Home;
@@ -62,6 +67,20 @@ fn filter(g: &Global, default: &str) -> tracing_subscriber::EnvFilter {
 
 const TIME_FORMAT: &str = "%Y-%m-%dT%H:%M:%S%.3fZ";
 
+/// True when log lines on stderr may carry colour: stderr is a terminal and `NO_COLOR` is
+/// unset or empty (<https://no-color.org>).
+pub fn stderr_color() -> bool {
+    use std::io::IsTerminal;
+    color_allowed(
+        std::io::stderr().is_terminal(),
+        std::env::var_os("NO_COLOR").as_deref(),
+    )
+}
+
+fn color_allowed(terminal: bool, no_color: Option<&std::ffi::OsStr>) -> bool {
+    terminal && no_color.is_none_or(|v| v.is_empty())
+}
+
 /// Logs to stderr for humans: warnings by default, `-v` debug, `-q` errors, `RUST_LOG` honoured.
 pub fn init_logging(g: &Global) {
     let _ = tracing_subscriber::fmt()
@@ -69,13 +88,16 @@ pub fn init_logging(g: &Global) {
         .with_timer(tracing_subscriber::fmt::time::ChronoUtc::new(
             TIME_FORMAT.into(),
         ))
+        .with_ansi(stderr_color())
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
 }
 
-/// Logs for daemons: stderr as above (at info) plus `agents/logs/<name>.log`, rolled daily.
-/// Keep the returned guard alive for the life of the daemon, or buffered lines are lost.
+/// Logs for daemons: stderr as above (at info) plus `agents/logs/<name>.log`, rotated by
+/// size ([`RotatingLog`]) and written by a background thread (a slow disk never stalls the
+/// daemon). Keep the returned guard alive for the life of the daemon, or buffered lines are
+/// lost.
 pub fn init_daemon_logging(
     g: &Global,
     home: &Home,
@@ -84,16 +106,17 @@ pub fn init_daemon_logging(
     use tracing_subscriber::layer::SubscriberExt;
     use tracing_subscriber::util::SubscriberInitExt;
     use tracing_subscriber::Layer;
-    let dir = home.daemon_log_dir();
-    std::fs::create_dir_all(&dir)
-        .map_err(|e| Error::io(format!("cannot create {}", dir.display()), e))?;
-    let appender = tracing_appender::rolling::daily(&dir, format!("{name}.log"));
-    let (writer, guard) = tracing_appender::non_blocking(appender);
+    let log = RotatingLog::open(
+        home.daemon_log_dir().join(format!("{name}.log")),
+        LogRotation::from_env()?,
+    )?;
+    let (writer, guard) = tracing_appender::non_blocking(log);
     let timer = || tracing_subscriber::fmt::time::ChronoUtc::new(TIME_FORMAT.into());
     let _ = tracing_subscriber::registry()
         .with(
             tracing_subscriber::fmt::layer()
                 .with_timer(timer())
+                .with_ansi(stderr_color())
                 .with_writer(std::io::stderr)
                 .with_target(false)
                 .with_filter(filter(g, "info")),
@@ -108,6 +131,131 @@ pub fn init_daemon_logging(
         )
         .try_init();
     Ok(guard)
+}
+
+/// Size rotation of a daemon log: `CORRAL_LOG_MAX_BYTES` (default 16 MiB, at least 4 KiB)
+/// and `CORRAL_LOG_KEEP` rotated files (default 5, 1 to 100).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LogRotation {
+    pub max_bytes: u64,
+    pub keep: u32,
+}
+
+impl Default for LogRotation {
+    fn default() -> Self {
+        LogRotation {
+            max_bytes: 16 * 1024 * 1024,
+            keep: 5,
+        }
+    }
+}
+
+impl LogRotation {
+    /// The defaults with the environment's overrides, range-checked (exit 6).
+    pub fn from_env() -> Result<LogRotation> {
+        let mut r = LogRotation::default();
+        let num = |k: &str, min: u64, max: u64| -> Result<Option<u64>> {
+            match std::env::var(k) {
+                Ok(v) if !v.trim().is_empty() => v
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+                    .filter(|n| (min..=max).contains(n))
+                    .map(Some)
+                    .ok_or_else(|| Error::Invalid(format!("{k}={v}: expected {min} to {max}"))),
+                _ => Ok(None),
+            }
+        };
+        if let Some(n) = num("CORRAL_LOG_MAX_BYTES", 4096, 1 << 40)? {
+            r.max_bytes = n;
+        }
+        if let Some(n) = num("CORRAL_LOG_KEEP", 1, 100)? {
+            r.keep = n as u32;
+        }
+        Ok(r)
+    }
+}
+
+/// A daemon's log file, `agents/logs/<binary>.log` under exactly that name, appended to and
+/// rotated by size: when a line would take it past `max_bytes`, `.1` … become `.2` …, the
+/// file becomes `.1` and a new one is started (as the event log does), so `tail -F` of the
+/// documented name follows it. Every open goes through `store::open_log` (`O_NOFOLLOW`,
+/// regular files only, the home's mode). When another process rotated the file first, this
+/// one just reopens the name.
+pub struct RotatingLog {
+    path: std::path::PathBuf,
+    rotation: LogRotation,
+    file: Option<std::fs::File>,
+}
+
+impl RotatingLog {
+    /// Opens (creating) the log.
+    pub fn open(path: std::path::PathBuf, rotation: LogRotation) -> Result<RotatingLog> {
+        let file = crate::store::open_log(&path)?;
+        Ok(RotatingLog {
+            path,
+            rotation,
+            file: Some(file),
+        })
+    }
+
+    fn rotated(&self, n: u32) -> std::path::PathBuf {
+        let mut name = self.path.clone().into_os_string();
+        name.push(format!(".{n}"));
+        name.into()
+    }
+
+    fn rotate(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        let _ = std::fs::remove_file(self.rotated(self.rotation.keep));
+        for n in (1..self.rotation.keep).rev() {
+            let from = self.rotated(n);
+            if std::fs::symlink_metadata(&from).is_ok() {
+                std::fs::rename(&from, self.rotated(n + 1))?;
+            }
+        }
+        match std::fs::rename(&self.path, self.rotated(1)) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The open file, reopened when the name no longer points at it (rotated elsewhere).
+    fn current(&mut self) -> std::io::Result<&mut std::fs::File> {
+        use std::os::unix::fs::MetadataExt;
+        let stale = match (&self.file, std::fs::symlink_metadata(&self.path)) {
+            (Some(f), Ok(named)) => f
+                .metadata()
+                .map(|m| (m.dev(), m.ino()) != (named.dev(), named.ino()))
+                .unwrap_or(true),
+            _ => true,
+        };
+        if stale {
+            self.file = Some(crate::store::open_log(&self.path).map_err(std::io::Error::other)?);
+        }
+        self.file
+            .as_mut()
+            .ok_or_else(|| std::io::Error::other("log not open"))
+    }
+}
+
+impl Write for RotatingLog {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let size = self.current()?.metadata()?.len();
+        if size > 0 && size + buf.len() as u64 > self.rotation.max_bytes {
+            self.rotate()?;
+        }
+        self.current()?.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        match &mut self.file {
+            Some(f) => f.flush(),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Runs a command body and maps its outcome to an exit code. A closed stdout (`| head`) is
@@ -191,4 +339,46 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push(line(r.iter().map(String::as_str).collect()));
     }
     out.join("\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn colour_only_on_a_terminal_without_no_color() {
+        assert!(color_allowed(true, None));
+        assert!(color_allowed(true, Some(std::ffi::OsStr::new(""))));
+        assert!(!color_allowed(true, Some(std::ffi::OsStr::new("1"))));
+        assert!(!color_allowed(false, None));
+    }
+
+    #[test]
+    fn the_daemon_log_keeps_its_name_rotates_by_size_and_never_follows_links() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("logs").join("heartbeat-monitor.log");
+        let rotation = LogRotation {
+            max_bytes: 4096,
+            keep: 3,
+        };
+        let mut log = RotatingLog::open(path.clone(), rotation).unwrap();
+        let line = [b'x'; 1000];
+        for _ in 0..20 {
+            log.write_all(&line).unwrap();
+            log.write_all(b"\n").unwrap();
+        }
+        log.flush().unwrap();
+        let size = |p: &std::path::Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        assert!(size(&path) > 0 && size(&path) <= 4096);
+        assert!(size(&dir.path().join("logs/heartbeat-monitor.log.1")) > 0);
+        assert!(size(&dir.path().join("logs/heartbeat-monitor.log.3")) > 0);
+        assert!(!dir.path().join("logs/heartbeat-monitor.log.4").exists());
+        // A planted symlink at the log's name is refused, not followed.
+        let outside = dir.path().join("outside");
+        std::fs::write(&outside, "").unwrap();
+        let planted = dir.path().join("logs").join("planted.log");
+        std::os::unix::fs::symlink(&outside, &planted).unwrap();
+        assert!(RotatingLog::open(planted, rotation).is_err());
+        assert_eq!(std::fs::read(&outside).unwrap(), b"");
+    }
 }

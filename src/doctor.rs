@@ -1,7 +1,16 @@
 //! `corral doctor`: the consistency check of a home. It finds what a crash, a hand edit or a
 //! bash script can leave behind (a spec in two directories, a status that disagrees with its
-//! directory, bad JSON, symlinks, stale staging files, budget drift) and, with `--fix`,
-//! repairs what is safe to repair, saying what it did.
+//! directory, bad JSON, symlinks, stale staging files, budget drift, malformed pending
+//! tasks), configuration the monitor would refuse (the policy, through the monitor's own
+//! loader, and `worker-types.json`), a monitor that is not running while launched workers
+//! are active, and anything users outside the home's owner and group can reach (DESIGN §10).
+//! With `--fix` it repairs what is safe to repair, saying what it did; what it cannot repair
+//! keeps the exit code at 10.
+//!
+//! A spec with a live status in `completed/` was moved there by hand, as the runbook's
+//! manual shutdown does (`jq '.status = "shutting_down"'`, kill, then `mv` into
+//! `completed/`): the operator's move is the truth, so `--fix` records it as completed
+//! instead of moving it back into `active/`.
 
 use crate::budget::{self, RecalcOptions};
 use crate::error::Result;
@@ -12,6 +21,9 @@ use crate::store::{self, ReadError};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
+
+mod checks;
+mod containers;
 
 /// Staging files younger than this may belong to a write in progress.
 pub const TMP_GRACE: Duration = Duration::from_secs(2);
@@ -31,6 +43,7 @@ pub struct Finding {
 pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
     let mut out = Vec::new();
     let mut seen: BTreeMap<String, Vec<(StateDir, Status)>> = BTreeMap::new();
+    let mut launched_active = 0u64;
     let mut refused = Vec::new();
     let mut listing = Vec::new();
     for dir in StateDir::ALL {
@@ -60,10 +73,14 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
                     p,
                     format!("file name says {id}, spec says {}", s.worker_id),
                 )),
-                Ok(s) => seen
-                    .entry(id.to_string())
-                    .or_default()
-                    .push((dir, s.status)),
+                Ok(s) => {
+                    if dir == StateDir::Active && s.process.as_ref().is_some_and(|p| p.is_local()) {
+                        launched_active += 1;
+                    }
+                    seen.entry(id.to_string())
+                        .or_default()
+                        .push((dir, s.status))
+                }
                 Err(ReadError::Missing) => {}
                 Err(ReadError::Refused(why)) => refused.push(("invalid_spec", p, why)),
                 Err(ReadError::Io(e)) => return Err(e),
@@ -98,7 +115,25 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
             }
             out.push(f);
         }
-        if !status.fits(keep) {
+        // Only the runbook's manual shutdown (a live status moved into completed/) is taken
+        // as the operator's word; any other disagreement is settled by the status, which a
+        // transition writes before it moves the file.
+        if keep == StateDir::Completed && status.home_dir() == StateDir::Active {
+            let p = home.spec_path(keep, id);
+            let mut f = Finding {
+                kind: "moved_by_hand",
+                path: p.display().to_string(),
+                detail: format!(
+                    "status {status} in {}/: moved there by hand (the directory is kept)",
+                    keep.name()
+                ),
+                fixed: None,
+            };
+            if fix {
+                f.fixed = Some(checks::record_hand_move(home, id, keep)?);
+            }
+            out.push(f);
+        } else if !status.fits(keep) {
             let p = home.spec_path(keep, id);
             let mut f = Finding {
                 kind: "status_mismatch",
@@ -142,6 +177,22 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
             }
             out.push(f);
         }
+    }
+    out.extend(checks::pending_tasks(home, fix)?);
+    out.extend(checks::config(home));
+    out.extend(checks::monitor(home, launched_active));
+    out.extend(checks::exposure(home, fix)?);
+    out.extend(containers::orphans(home));
+    if let Err(e) = budget::read(home) {
+        out.push(Finding {
+            kind: "invalid_budget",
+            path: home.budget_path().display().to_string(),
+            detail: format!(
+                "{e} (rebuild it from the specs: corral init --force --total-tokens N)"
+            ),
+            fixed: None,
+        });
+        return Ok(out);
     }
     let drift = budget::recalc(
         home,

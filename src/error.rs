@@ -28,6 +28,14 @@ pub enum Error {
     /// The target is in the wrong state for the operation (exit 5).
     #[error("{0}")]
     Conflict(String),
+    /// A lock wait ran past `CORRAL_LOCK_TIMEOUT` (exit 5, DESIGN §6 S4). Kept apart from
+    /// `Conflict` so that "someone holds the lock" is never mistaken for "wrong state".
+    #[error("timed out after {:.1} s waiting for the lock {}: another process holds it{}", waited.as_secs_f64(), path.display(), network_fs.map(|fs| format!(" (the home is on {fs}: another host may hold it)")).unwrap_or_default())]
+    LockTimeout {
+        path: std::path::PathBuf,
+        waited: std::time::Duration,
+        network_fs: Option<&'static str>,
+    },
     /// Malformed, schema-violating, oversized or otherwise refused input (exit 6).
     #[error("{0}")]
     Invalid(String),
@@ -53,7 +61,7 @@ impl Error {
             Error::Usage(_) => 2,
             Error::NotFound(_) => 3,
             Error::Budget { .. } => 4,
-            Error::Conflict(_) => 5,
+            Error::Conflict(_) | Error::LockTimeout { .. } => 5,
             Error::Invalid(_) => 6,
             Error::NothingToDo(_) => 7,
             Error::NoHome(_) => 8,
@@ -70,6 +78,10 @@ impl Error {
             Error::Budget { .. } => Some(
                 "hint: `recalc-budget` recovers tokens held by finished workers; `cleanup-zombies` releases zombies".into(),
             ),
+            Error::LockTimeout { path, .. } => Some(format!(
+                "hint: `fuser -v {}` shows who holds it (a stopped or hung process?); CORRAL_LOCK_TIMEOUT=SECS waits longer",
+                path.display()
+            )),
             _ => None,
         }
     }
@@ -122,6 +134,14 @@ mod tests {
                 4,
             ),
             (Error::Conflict("x".into()), 5),
+            (
+                Error::LockTimeout {
+                    path: "/h/.locks/budget.lock".into(),
+                    waited: std::time::Duration::from_secs(1),
+                    network_fs: Some("nfs"),
+                },
+                5,
+            ),
             (Error::Invalid("x".into()), 6),
             (Error::NothingToDo("x".into()), 7),
             (Error::NoHome("x".into()), 8),
@@ -131,5 +151,15 @@ mod tests {
             assert_eq!(e.exit_code(), code, "{e:?}");
         }
         assert_eq!(Error::io("x", std::io::Error::other("boom")).exit_code(), 1);
+        let t = Error::LockTimeout {
+            path: "/h/.locks/budget.lock".into(),
+            waited: std::time::Duration::from_secs(1),
+            network_fs: Some("nfs"),
+        }
+        .to_string();
+        assert!(
+            t.contains("/h/.locks/budget.lock") && t.contains("another host"),
+            "{t}"
+        );
     }
 }

@@ -11,7 +11,6 @@ use crate::time::{serde_ts, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
 use std::sync::OnceLock;
 
 macro_rules! event_types {
@@ -52,6 +51,9 @@ event_types! {
     TaskClaimed => "task_claimed", TaskCompleted => "task_completed", TaskFailed => "task_failed",
     TaskRequeued => "task_requeued", TaskDeadLettered => "task_dead_lettered",
     TaskStuck => "task_stuck", TaskStarved => "task_starved", SpecQuarantined => "spec_quarantined",
+    TaskCancelled => "task_cancelled", TaskTimedOut => "task_timed_out",
+    TaskReleased => "task_released", TasksPurged => "tasks_purged",
+    QueuePaused => "queue_paused", QueueResumed => "queue_resumed",
 }
 
 impl std::fmt::Display for EventType {
@@ -147,6 +149,11 @@ impl Event {
     }
 }
 
+/// Bounds of the rotation settings, as in the policy schema.
+const MIN_MAX_BYTES: u64 = 1024;
+const MAX_MAX_BYTES: u64 = 1 << 40;
+const MAX_KEEP: u32 = 1000;
+
 /// Rotation settings: from `events` in the heartbeat policy, overridden by
 /// `CORRAL_EVENTS_MAX_BYTES` / `CORRAL_EVENTS_KEEP`.
 #[derive(Debug, Clone, Copy)]
@@ -190,21 +197,26 @@ impl Rotation {
                 r.max_bytes = n;
             }
             if let Some(n) = policy.pointer("/events/keep").and_then(Value::as_u64) {
-                r.keep = n.clamp(1, 1000) as u32;
+                r.keep = n.min(u64::from(u32::MAX)) as u32;
             }
         }
         if let Some(n) = std::env::var("CORRAL_EVENTS_MAX_BYTES")
             .ok()
-            .and_then(|v| v.parse().ok())
+            .and_then(|v| v.trim().parse().ok())
         {
             r.max_bytes = n;
         }
         if let Some(n) = std::env::var("CORRAL_EVENTS_KEEP")
             .ok()
-            .and_then(|v| v.parse().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
         {
-            r.keep = n;
+            r.keep = n.min(u64::from(u32::MAX)) as u32;
         }
+        // Logging must never fail or spin on a bad setting (S5): a keep of 0 or four
+        // billion, or a size of a few bytes, is brought into the range the policy schema
+        // allows.
+        r.max_bytes = r.max_bytes.clamp(MIN_MAX_BYTES, MAX_MAX_BYTES);
+        r.keep = r.keep.clamp(1, MAX_KEEP);
         r
     }
 }
@@ -217,27 +229,11 @@ pub fn append(home: &Home, event: &Event) -> Result<()> {
 
 /// Appends events in order, one `write` each, under one hold of the lock.
 pub fn append_many(home: &Home, events: &[Event]) -> Result<()> {
-    if events.is_empty() {
-        return Ok(());
-    }
-    let rotation = Rotation::for_home(home);
-    let _guard = store::lock(&home.events_lock())?;
-    let path = home.events_path();
-    for ev in events {
-        let line = ev.to_line()?;
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-        if size > 0 && size + line.len() as u64 > rotation.max_bytes {
-            rotate(home, rotation.keep)?;
-        }
-        let mut f = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&path)
-            .ctx("open", &path)?;
-        f.write_all(&line).ctx("append to", &path)?;
-    }
-    Ok(())
+    let lines = events
+        .iter()
+        .map(Event::to_line)
+        .collect::<Result<Vec<_>>>()?;
+    write_lines(home, &lines)
 }
 
 /// Appends and, on failure, reports on stderr: the change the event describes has happened.
@@ -252,6 +248,146 @@ pub fn emit_many(home: &Home, events: &[Event]) {
     if let Err(e) = append_many(home, events) {
         tracing::error!("cannot write events: {e}");
     }
+}
+
+/// The lock file and the log of one home, kept open by this process: an append is then an
+/// `flock`, two `stat`s (one notices a lock file made anew, the other a rotation by another
+/// process), one `write` and the unlock, instead of opening and closing both files each time.
+struct Appender {
+    /// The lock file and its (device, inode).
+    lock: Option<(std::fs::File, (u64, u64))>,
+    /// The log and its (device, inode), or none until the first append.
+    log: Option<(std::fs::File, (u64, u64))>,
+    /// Whether the log is on a network filesystem (known after the first append). There the
+    /// log is opened for each append and closed before the unlock: an NFS client appends at
+    /// the end it saw when it opened the file and sends its writes on close (close-to-open),
+    /// so a descriptor kept open would write over lines another host appended meanwhile.
+    network: Option<bool>,
+}
+
+type Shared = std::sync::Arc<std::sync::Mutex<Appender>>;
+
+/// Open appenders (a few homes at most; tests use many, so the oldest is closed). Each has
+/// its own mutex, so a wait for one home's lock never holds up another home's appends.
+static APPENDERS: std::sync::Mutex<Vec<(std::path::PathBuf, Shared)>> =
+    std::sync::Mutex::new(Vec::new());
+const MAX_APPENDERS: usize = 8;
+
+fn appender(path: &std::path::Path) -> Shared {
+    let mut all = APPENDERS.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some((_, a)) = all.iter().find(|(p, _)| p == path) {
+        return a.clone();
+    }
+    if all.len() >= MAX_APPENDERS {
+        all.remove(0);
+    }
+    let a = std::sync::Arc::new(std::sync::Mutex::new(Appender {
+        lock: None,
+        log: None,
+        network: None,
+    }));
+    all.push((path.to_path_buf(), a.clone()));
+    a
+}
+
+fn dev_ino(m: &std::fs::Metadata) -> (u64, u64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.dev(), m.ino())
+}
+
+fn write_lines(home: &Home, lines: &[Vec<u8>]) -> Result<()> {
+    if lines.is_empty() {
+        return Ok(());
+    }
+    let rotation = Rotation::for_home(home);
+    let path = home.events_path();
+    let lock_path = home.events_lock();
+    let shared = appender(&path);
+    let mut a = shared.lock().unwrap_or_else(|p| p.into_inner());
+    // The lock file this process holds open must still be the one at its path (a home made
+    // anew at the same place has a new one), or the lock would exclude nobody.
+    let on_disk = std::fs::symlink_metadata(&lock_path)
+        .ok()
+        .map(|m| dev_ino(&m));
+    if on_disk.is_none() || a.lock.as_ref().map(|l| l.1) != on_disk {
+        // A duplicate of a freshly opened (and checked) lock file, unlocked: the lock
+        // belongs to the open file both descriptors share.
+        let guard = store::lock(&lock_path)?;
+        let f = guard.file().try_clone().ctx("dup", &lock_path)?;
+        let id = dev_ino(&f.metadata().ctx("stat", &lock_path)?);
+        drop(guard);
+        a.lock = Some((f, id));
+    }
+    let Some((lock, _)) = a.lock.as_ref() else {
+        return Err(Error::Internal("event lock vanished".into()));
+    };
+    // The common case is a free lock; a held one is waited for with the bounded wait every
+    // lock has (DESIGN §6 S4).
+    let slow_guard = match lock.try_lock() {
+        Ok(()) => None,
+        Err(std::fs::TryLockError::WouldBlock) => Some(store::lock(&lock_path)?),
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(Error::io("cannot lock the event log", e))
+        }
+    };
+    let fast = slow_guard.is_none();
+    let network = *a
+        .network
+        .get_or_insert_with(|| crate::netfs::network_fs(&home.coordination()).is_some());
+    if network {
+        a.log = None;
+    }
+    let res = append_locked(home, &mut a.log, &path, lines, &rotation);
+    if network {
+        // Closing writes the lines back to the server before the lock is let go.
+        a.log = None;
+    }
+    if fast {
+        if let Some((lock, _)) = a.lock.as_ref() {
+            let _ = lock.unlock();
+        }
+    }
+    drop(slow_guard);
+    if res.is_err() {
+        // Whatever went wrong, the next append starts from fresh descriptors.
+        a.log = None;
+        a.lock = None;
+    }
+    res
+}
+
+/// The appends themselves, under the lock: rotation by size, and a log rotated or removed
+/// by another process is opened again.
+fn append_locked(
+    home: &Home,
+    log: &mut Option<(std::fs::File, (u64, u64))>,
+    path: &std::path::Path,
+    lines: &[Vec<u8>],
+    rotation: &Rotation,
+) -> Result<()> {
+    for line in lines {
+        let current = match std::fs::symlink_metadata(path) {
+            Ok(m) => Some((dev_ino(&m), m.len())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(format!("cannot stat {}", path.display()), e)),
+        };
+        let size = current.map(|c| c.1).unwrap_or(0);
+        if size > 0 && size + line.len() as u64 > rotation.max_bytes {
+            rotate(home, rotation.keep)?;
+            *log = None;
+        } else if current.map(|c| c.0) != log.as_ref().map(|l| l.1) {
+            *log = None;
+        }
+        if log.is_none() {
+            let f = store::open_log(path)?;
+            let id = dev_ino(&f.metadata().ctx("stat", path)?);
+            *log = Some((f, id));
+        }
+        if let Some((f, _)) = log.as_mut() {
+            f.write_all(line).ctx("append to", path)?;
+        }
+    }
+    Ok(())
 }
 
 fn rotate(home: &Home, keep: u32) -> Result<()> {
@@ -296,12 +432,7 @@ pub fn append_jsonl(
         serde_json::to_vec(value).map_err(|e| Error::Internal(format!("serialise: {e}")))?;
     line.push(b'\n');
     let _guard = store::lock(&home.named_lock(lock_name))?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .custom_flags(libc::O_NOFOLLOW)
-        .open(path)
-        .ctx("open", path)?;
+    let mut f = store::open_log(path)?;
     f.write_all(&line).ctx("append to", path)
 }
 
@@ -325,7 +456,7 @@ mod tests {
         for t in EventType::ALL {
             Event::new(*t, "x").to_line().unwrap();
         }
-        assert_eq!(EventType::ALL.len(), 40);
+        assert_eq!(EventType::ALL.len(), 46);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! The home: one directory holding everything corral knows (DESIGN.md §2). Every path is
 //! built here and nowhere else, so a test can point all of corral at a temporary directory
-//! and the layout can be read off one file.
+//! and the layout can be read off one file. The permissions of what corral creates are
+//! decided here too (DESIGN §10: a home belongs to one user or one group).
 
 use crate::error::{Error, IoContext, Result};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// The four places a worker spec can live. Where a spec lives and its status never disagree.
@@ -47,7 +49,8 @@ impl StateDir {
     }
 }
 
-/// The four task queue states.
+/// The task queue states: the four of DESIGN.md §8, plus `deferred` (waiting for the tasks
+/// it runs `--after`) and `cancelled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskState {
@@ -55,15 +58,19 @@ pub enum TaskState {
     Processing,
     Completed,
     Failed,
+    Deferred,
+    Cancelled,
 }
 
 impl TaskState {
     /// All task states.
-    pub const ALL: [TaskState; 4] = [
+    pub const ALL: [TaskState; 6] = [
         TaskState::Pending,
         TaskState::Processing,
         TaskState::Completed,
         TaskState::Failed,
+        TaskState::Deferred,
+        TaskState::Cancelled,
     ];
 
     /// The directory name.
@@ -73,6 +80,8 @@ impl TaskState {
             TaskState::Processing => "processing",
             TaskState::Completed => "completed",
             TaskState::Failed => "failed",
+            TaskState::Deferred => "deferred",
+            TaskState::Cancelled => "cancelled",
         }
     }
 
@@ -101,6 +110,8 @@ pub const TEMPLATE: &[(&str, &str)] = &[
     ("coordination/tasks/processing/", ""),
     ("coordination/tasks/completed/", ""),
     ("coordination/tasks/failed/", ""),
+    ("coordination/tasks/deferred/", ""),
+    ("coordination/tasks/cancelled/", ""),
     ("coordination/quarantine/", ""),
     ("coordination/.locks/", ""),
     ("coordination/.tmp/", ""),
@@ -308,24 +319,104 @@ impl Home {
             )));
         }
         let mut written = Vec::new();
+        create_dir_all(&self.root)?;
         for (rel, contents) in TEMPLATE {
             let path = self.root.join(rel.trim_end_matches('/'));
             if rel.ends_with('/') {
-                std::fs::create_dir_all(&path).ctx("create", &path)?;
+                create_dir_all(&path)?;
                 continue;
             }
             if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).ctx("create", parent)?;
+                create_dir_all(parent)?;
             }
             let is_log = rel.ends_with(".jsonl");
             if path.exists() && (is_log || !force) {
                 continue;
             }
-            std::fs::write(&path, contents).ctx("write", &path)?;
+            write_private(&path, contents.as_bytes())?;
             written.push(path);
         }
         Ok(written)
     }
+}
+
+/// Permissions for what corral creates (DESIGN §10): the home belongs to one user or one
+/// group, never to everyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Modes {
+    pub dir: u32,
+    pub file: u32,
+}
+
+/// A private home: `0700` directories, `0600` files.
+pub const PRIVATE: Modes = Modes {
+    dir: 0o700,
+    file: 0o600,
+};
+
+/// A group-shared home (`corral init` in a setgid, group-writable directory): `2770`
+/// directories (new ones inherit the group), `0660` files.
+pub const SHARED: Modes = Modes {
+    dir: 0o2770,
+    file: 0o660,
+};
+
+/// The modes for something created inside `dir`: shared when `dir` has the setgid bit and
+/// group write, private otherwise. Deciding by the directory keeps the rule local (no home
+/// needed) and consistent, since subdirectories of a setgid directory inherit the bit.
+pub fn modes_in(dir: &Path) -> Modes {
+    match std::fs::metadata(dir) {
+        Ok(m) if m.mode() & 0o2000 != 0 && m.mode() & 0o020 != 0 => SHARED,
+        _ => PRIVATE,
+    }
+}
+
+/// Creates `path` and any missing parents with the modes of the home (not the umask's).
+pub fn create_dir_all(path: &Path) -> Result<()> {
+    if path.is_dir() {
+        return Ok(());
+    }
+    let parent = path.parent().filter(|p| !p.as_os_str().is_empty());
+    if let Some(p) = parent {
+        create_dir_all(p)?;
+    }
+    let modes = parent.map(modes_in).unwrap_or(PRIVATE);
+    match std::fs::DirBuilder::new()
+        .mode(modes.dir & 0o777)
+        .create(path)
+    {
+        Ok(()) => {
+            if modes == SHARED {
+                // The umask strips group bits from mkdir's mode; set them explicitly.
+                std::fs::set_permissions(path, std::fs::Permissions::from_mode(modes.dir))
+                    .ctx("set permissions of", path)?;
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) => Err(Error::io(format!("cannot create {}", path.display()), e)),
+    }
+}
+
+/// Writes a template file with the home's file mode (not the umask's 0644).
+fn write_private(path: &Path, contents: &[u8]) -> Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mode = path.parent().map(modes_in).unwrap_or(PRIVATE).file;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .custom_flags(libc::O_NOFOLLOW)
+        .open(path)
+        .ctx("write", path)?;
+    let meta = f.metadata().ctx("stat", path)?;
+    if meta.mode() & 0o7777 != mode && meta.uid() == rustix::process::geteuid().as_raw() {
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+            .ctx("set permissions of", path)?;
+    }
+    f.write_all(contents).ctx("write", path)
 }
 
 /// A fresh, initialised home in a temp dir, for unit tests across the crate (keep the
@@ -361,6 +452,26 @@ mod tests {
             h.tasks_dir(TaskState::Pending),
             Path::new("/h/coordination/tasks/pending")
         );
+    }
+
+    #[test]
+    fn a_default_home_is_private_and_a_setgid_group_home_is_shared() {
+        let (dir, home) = test_home();
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().mode() & 0o7777;
+        assert_eq!(mode(&home.coordination()), 0o700);
+        assert_eq!(mode(&home.locks_dir()), 0o700);
+        assert_eq!(mode(&home.budget_path()), 0o600);
+        assert_eq!(mode(&home.policy_path()), 0o600);
+        assert_eq!(modes_in(&home.coordination()), PRIVATE);
+        let shared = dir.path().join("shared");
+        std::fs::create_dir(&shared).unwrap();
+        std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o2770)).unwrap();
+        let h2 = Home::at(shared.join("home"));
+        h2.init(false).unwrap();
+        assert_eq!(mode(&h2.coordination()), 0o2770);
+        assert_eq!(mode(&h2.specs_dir(StateDir::Active)), 0o2770);
+        assert_eq!(mode(&h2.budget_path()), 0o660);
+        assert_eq!(modes_in(&h2.tmp_dir()), SHARED);
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! resource thresholds) and per-type worker defaults. The effective policy is file, then
 //! environment (`CORRAL_HEARTBEAT__ZOMBIE_SECONDS=5`, `CORRAL_HEARTBEAT__RESTART__MAX_RETRIES=1`:
 //! a double underscore separates section and key), then flags; so tests and operators can
-//! shorten thresholds without editing files.
+//! shorten thresholds without editing files. Every value has a maximum in the schema
+//! (durations at most `time::MAX_SECONDS`), so a policy can never make a reader's arithmetic
+//! overflow (DESIGN §6 S5): a value out of range is refused with the key named (exit 6).
 
 use crate::error::{Error, Result};
 use crate::home::Home;
@@ -228,6 +230,45 @@ pub struct WorkerType {
     pub priority: Option<Priority>,
     #[serde(default)]
     pub description: Option<String>,
+    /// Environment given to every worker of this type, at launch and at each restart.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+    /// A `KEY=VALUE` file read at each launch (never copied into a spec: it may hold secrets).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub env_file: Option<String>,
+    /// Working directory of launched workers (default: where `spawn-worker` ran).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// Target pool size the monitor keeps running (supervisord's `numprocs`); none: no pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<u32>,
+    /// `direct` (default) or `container` (`docker` is the seed's alias).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub execution_mode: Option<String>,
+    /// Container image (container mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Container engine: `podman` (default) or `docker`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub engine: Option<String>,
+    /// Memory limit the engine enforces, e.g. `256m`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_limit: Option<String>,
+    /// CPU limit the engine enforces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpus: Option<f64>,
+    /// Extra `HOST:CONTAINER[:opts]` volumes (the home is always mounted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub volumes: Vec<String>,
+    /// Container network (default `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<String>,
+    /// Run an init as PID 1 in the container (default true), so SIGTERM works.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init: Option<bool>,
+    /// Extra arguments passed to `ENGINE run` before the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub engine_args: Vec<String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -304,6 +345,37 @@ mod tests {
     }
 
     #[test]
+    fn values_no_reader_could_compute_with_are_refused_naming_the_key() {
+        // 1e13 s overflowed `now + zombie_seconds` in the monitor (S5).
+        for (doc, key) in [
+            (json!({"zombie_seconds": 1e13}), "/zombie_seconds"),
+            (json!({"grace_seconds": 1e300}), "/grace_seconds"),
+            (
+                json!({"restart": {"max_seconds": 1e13}}),
+                "/restart/max_seconds",
+            ),
+            (
+                json!({"restart": {"max_retries": 4_000_000_000u64}}),
+                "/restart/max_retries",
+            ),
+            (json!({"events": {"keep": 1_000_000}}), "/events/keep"),
+        ] {
+            let err = HeartbeatPolicy::from_value(doc).unwrap_err();
+            assert_eq!(err.exit_code(), 6);
+            let msg = err.to_string();
+            assert!(msg.contains(key) && msg.contains("maximum"), "{msg}");
+        }
+        let mut doc = json!({});
+        apply_env(
+            &mut doc,
+            vec![("CORRAL_HEARTBEAT__ZOMBIE_SECONDS".into(), "inf".into())],
+        );
+        assert!(HeartbeatPolicy::from_value(doc).is_err());
+        let ok = json!({"zombie_seconds": crate::time::MAX_SECONDS});
+        assert!(HeartbeatPolicy::from_value(ok).is_ok());
+    }
+
+    #[test]
     fn backoff_doubles_and_caps() {
         let r = RestartPolicy::default();
         assert_eq!(r.backoff_seconds(1), 30.0);
@@ -318,10 +390,29 @@ mod tests {
         let (_dir, home) = crate::home::test_home();
         let file: Value =
             serde_json::from_str(&std::fs::read_to_string(home.policy_path()).unwrap()).unwrap();
+        let mut loaded = HeartbeatPolicy::from_value(file).unwrap();
+        // Keys other modules read (retention, logrotate) ride in `extra`, at their defaults.
+        let extra = std::mem::take(&mut loaded.extra);
+        assert_eq!(loaded, HeartbeatPolicy::default());
+        let mut keys: Vec<&str> = extra.keys().map(String::as_str).collect();
+        keys.sort_unstable();
         assert_eq!(
-            HeartbeatPolicy::from_value(file).unwrap(),
-            HeartbeatPolicy::default()
+            keys,
+            [
+                "keep_log_files",
+                "max_log_bytes",
+                "purge_archived_after_seconds"
+            ]
         );
+        let with_extra = HeartbeatPolicy {
+            extra,
+            ..HeartbeatPolicy::default()
+        };
+        assert_eq!(
+            crate::logrotate::LogPolicy::of(&with_extra),
+            crate::logrotate::LogPolicy::of(&HeartbeatPolicy::default())
+        );
+        assert_eq!(crate::retention::policy_after(&with_extra), None);
         let types = WorkerTypes::load(&home).unwrap();
         assert_eq!(
             types.get("implementation-worker").unwrap().tokens,

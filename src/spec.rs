@@ -16,6 +16,11 @@ use std::path::PathBuf;
 /// The spec format version this build writes.
 pub const SCHEMA_VERSION: u32 = 1;
 
+/// Transitions a spec keeps in `history`: the newest ones. Every transition is also an
+/// event in the event log, which holds the full story; the cap keeps a long-lived worker's
+/// spec (two entries per task in `task-queue work`) far below what readers accept (S9).
+pub const MAX_HISTORY: usize = 50;
+
 /// A worker's status. The directory it belongs in follows from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
@@ -213,7 +218,10 @@ pub struct Restart {
     pub extra: Map<String, Value>,
 }
 
-/// How a worker ended.
+/// How a worker ended. `code` and `signal` are data only when `known` is true: a process
+/// whose parent is not corral (spawn-worker exits at once) cannot have its exit status read
+/// by anyone in corral, and the record says so instead of writing nulls that look like
+/// data. Older specs have no `known`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct ExitInfo {
     #[serde(default)]
@@ -223,6 +231,80 @@ pub struct ExitInfo {
     pub reason: String,
     #[serde(with = "serde_ts")]
     pub at: Timestamp,
+    /// True when `code` or `signal` was observed (waitpid by the parent, our own SIGKILL,
+    /// or the worker's own report of success); false when nobody could see it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub known: Option<bool>,
+    /// Why the exit status is not known, when it is not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unknown_because: Option<String>,
+    /// Who saw the end: `wait_status` (the parent's waitpid), `stopper` (our own SIGKILL),
+    /// `worker_report` (heartbeat --complete/--fail).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl ExitInfo {
+    /// An end whose exit code or signal was observed.
+    pub fn observed(
+        reason: &str,
+        code: Option<i32>,
+        signal: Option<i32>,
+        at: Timestamp,
+    ) -> ExitInfo {
+        if code.is_none() && signal.is_none() {
+            return ExitInfo::unobserved(reason, "no exit code or signal was observed", at);
+        }
+        ExitInfo {
+            code,
+            signal,
+            reason: reason.into(),
+            at,
+            known: Some(true),
+            unknown_because: None,
+            source: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// An end whose exit status nobody in corral could observe, and why.
+    pub fn unobserved(reason: &str, why: &str, at: Timestamp) -> ExitInfo {
+        ExitInfo {
+            code: None,
+            signal: None,
+            reason: reason.into(),
+            at,
+            known: Some(false),
+            unknown_because: Some(why.into()),
+            source: None,
+            extra: Map::new(),
+        }
+    }
+
+    /// The exit of a child reaped by its parent (see [`crate::process::reap_children`]).
+    pub fn from_wait(reason: &str, exit: &crate::process::ChildExit, at: Timestamp) -> ExitInfo {
+        let mut e = ExitInfo::observed(reason, exit.code, exit.signal, at);
+        e.source = Some("wait_status".into());
+        if exit.core_dumped {
+            e.extra.insert("core_dumped".into(), Value::Bool(true));
+        }
+        e
+    }
+}
+
+/// How a worker's process is started, recorded at spawn so that a restart reproduces the
+/// launch (DESIGN §6 S7): the program resolved to an absolute path, the spawn's working
+/// directory and the `spawn-worker --env` pairs. The type's `env` and `env_file` are read
+/// at each launch and never copied here (an env file may hold secrets).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
+pub struct LaunchSpec {
+    pub command: Vec<String>,
+    #[serde(default)]
+    pub cwd: Option<String>,
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub env: std::collections::BTreeMap<String, String>,
     #[serde(flatten)]
     pub extra: Map<String, Value>,
 }
@@ -265,6 +347,9 @@ pub struct WorkerSpec {
     pub heartbeat: Heartbeat,
     #[serde(default)]
     pub process: Option<ProcessInfo>,
+    /// How to (re)start the worker's process; absent for workers without a command.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch: Option<LaunchSpec>,
     #[serde(default)]
     pub resources: Resources,
     #[serde(default)]
@@ -307,6 +392,7 @@ impl WorkerSpec {
             token_budget: TokenBudget::default(),
             heartbeat: Heartbeat::default(),
             process: None,
+            launch: None,
             resources: Resources::default(),
             restart: Restart::default(),
             created_at: Some(now),
@@ -333,12 +419,25 @@ impl WorkerSpec {
         Ok(spec)
     }
 
-    /// Serialises and validates (every write validates, DESIGN.md §3).
+    /// Serialises and validates (every write validates, DESIGN.md §3). Only the newest
+    /// [`MAX_HISTORY`] transitions are written.
     pub fn to_value(&self) -> Result<Value> {
-        let v = serde_json::to_value(self)
+        let mut v = serde_json::to_value(self)
             .map_err(|e| Error::Internal(format!("serialise spec: {e}")))?;
+        if let Some(Value::Array(h)) = v.get_mut("history") {
+            if h.len() > MAX_HISTORY {
+                h.drain(..h.len() - MAX_HISTORY);
+            }
+        }
         schema::validate(Kind::WorkerSpec, &v)?;
         Ok(v)
+    }
+
+    /// Drops the oldest transitions beyond [`MAX_HISTORY`].
+    pub fn cap_history(&mut self) {
+        if self.history.len() > MAX_HISTORY {
+            self.history.drain(..self.history.len() - MAX_HISTORY);
+        }
     }
 
     /// Fills what a hand-made or older spec lacks, and stamps `updated_at`.
@@ -356,7 +455,7 @@ impl WorkerSpec {
         self.updated_at = Some(now);
     }
 
-    /// Changes status and appends the transition to `history`.
+    /// Changes status and appends the transition to `history` (capped).
     pub fn set_status(&mut self, to: Status, reason: &str, now: Timestamp) {
         self.history.push(Transition {
             at: now,
@@ -364,6 +463,7 @@ impl WorkerSpec {
             to: to.as_str().into(),
             reason: reason.into(),
         });
+        self.cap_history();
         self.status = to;
         self.updated_at = Some(now);
     }
@@ -398,9 +498,19 @@ pub struct Located {
 
 /// Finds which state directory holds `id`, without reading it.
 pub fn locate(home: &Home, id: &str) -> Option<(StateDir, PathBuf)> {
-    StateDir::ALL.into_iter().find_map(|d| {
-        let p = home.spec_path(d, id);
-        std::fs::symlink_metadata(&p).ok().map(|_| (d, p))
+    let look = || {
+        StateDir::ALL.into_iter().find_map(|d| {
+            let p = home.spec_path(d, id);
+            std::fs::symlink_metadata(&p).ok().map(|_| (d, p))
+        })
+    };
+    look().or_else(|| {
+        // An NFS client may answer from a cached "no such file" for a spec another host has
+        // just moved: look the state directories up again before saying it is nowhere.
+        for d in StateDir::ALL {
+            let _ = crate::netfs::revalidate_dir(&home.specs_dir(d));
+        }
+        look()
     })
 }
 
@@ -422,16 +532,43 @@ pub fn read_for_scan(path: &std::path::Path) -> std::result::Result<WorkerSpec, 
 /// Loads a worker wherever it lives; exit 3 when there is no such worker.
 pub fn load(home: &Home, id: &str) -> Result<Located> {
     crate::id::validate("worker", id)?;
-    let (dir, path) =
-        locate(home, id).ok_or_else(|| Error::NotFound(format!("no such worker: {id}")))?;
-    let spec = read(&path)?;
-    Ok(Located { dir, path, spec })
+    let mut first = true;
+    loop {
+        let (dir, path) =
+            locate(home, id).ok_or_else(|| Error::NotFound(format!("no such worker: {id}")))?;
+        match store::read_json(&path) {
+            Ok(value) => {
+                let spec = WorkerSpec::from_value(value).map_err(|e| match e {
+                    Error::Invalid(m) => Error::Invalid(format!("{}: {m}", path.display())),
+                    other => other,
+                })?;
+                return Ok(Located { dir, path, spec });
+            }
+            // Moved since it was located (by another process, or another host whose move
+            // this NFS client has not seen yet): look the state directories up again once.
+            Err(ReadError::Missing) if first => {
+                first = false;
+                for d in StateDir::ALL {
+                    let _ = crate::netfs::revalidate_dir(&home.specs_dir(d));
+                }
+            }
+            Err(e) => return Err(e.into_error(&path)),
+        }
+    }
 }
 
-/// Takes the worker's sidecar lock. Every read-modify-write or move holds it.
+/// Takes the worker's sidecar lock. Every read-modify-write or move holds it. The wait is
+/// bounded by `CORRAL_LOCK_TIMEOUT` (exit 5 naming the lock).
 pub fn lock(home: &Home, id: &str) -> Result<LockGuard> {
     crate::id::validate("worker", id)?;
     store::lock(&home.worker_lock(id))
+}
+
+/// Takes the worker's lock if it is free (`None` when held): for a daemon, which must never
+/// wait on one worker (DESIGN §6 S4) and comes back to it later instead.
+pub fn try_lock(home: &Home, id: &str) -> Result<Option<LockGuard>> {
+    crate::id::validate("worker", id)?;
+    store::try_lock(&home.worker_lock(id))
 }
 
 /// Writes `spec` into `dir` atomically after validating it.
@@ -521,6 +658,51 @@ mod tests {
         assert_eq!(Status::Failed.home_dir(), StateDir::Zombie);
         assert!(Status::Running.fits(StateDir::Archived));
         assert!(!Status::Running.fits(StateDir::Zombie));
+    }
+
+    #[test]
+    fn history_is_capped_to_the_newest_entries() {
+        let now = crate::time::now();
+        let mut s = WorkerSpec::new("w1".into(), "t".into(), now);
+        for i in 0..(MAX_HISTORY * 3) {
+            let to = if i % 2 == 0 {
+                Status::Running
+            } else {
+                Status::Idle
+            };
+            s.set_status(to, &format!("step {i}"), now);
+        }
+        assert_eq!(s.history.len(), MAX_HISTORY);
+        assert_eq!(
+            s.history.last().map(|t| t.reason.as_str()),
+            Some(format!("step {}", MAX_HISTORY * 3 - 1).as_str())
+        );
+        // A hand-made spec with a long history is written capped too.
+        s.history = (0..500)
+            .map(|i| Transition {
+                at: now,
+                from: None,
+                to: "running".into(),
+                reason: format!("r{i}"),
+            })
+            .collect();
+        let v = s.to_value().unwrap();
+        let h = v["history"].as_array().unwrap();
+        assert_eq!(h.len(), MAX_HISTORY);
+        assert_eq!(h[MAX_HISTORY - 1]["reason"], "r499");
+    }
+
+    #[test]
+    fn an_unknown_exit_says_so() {
+        let now = crate::time::now();
+        let e = ExitInfo::unobserved("stopped", "not our child", now);
+        let v = serde_json::to_value(&e).unwrap();
+        assert_eq!(v["known"], false);
+        assert_eq!(v["code"], Value::Null);
+        assert_eq!(v["unknown_because"], "not our child");
+        let k = ExitInfo::observed("crashed", None, Some(9), now);
+        assert_eq!(serde_json::to_value(&k).unwrap()["known"], true);
+        assert_eq!(ExitInfo::observed("x", None, None, now).known, Some(false));
     }
 
     #[test]

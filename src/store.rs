@@ -2,18 +2,126 @@
 //! fsync, rename, fsync the directory), sidecar `flock` locks (never on a data file, whose
 //! inode a rename replaces), guarded reads (no symlinks, regular files only, size-capped)
 //! and state moves by `rename(2)`.
+//!
+//! Two rules of DESIGN §6 live here because every writer passes through: a lock wait is
+//! bounded (`CORRAL_LOCK_TIMEOUT`, S4: flock has no timeout, so it is `try_lock` with a short
+//! backoff), and nothing is written that a reader would refuse (S9: over
+//! [`MAX_FILE_BYTES`]). What corral creates is not readable by others: modes follow the
+//! directory it is created in ([`crate::home::modes_in`]), so a private home stays 0700/0600 and a
+//! group-shared one (setgid, group-writable) 2770/0660 (§10).
 
 use crate::error::{Error, IoContext, Result};
-use crate::home::Home;
+use crate::home::{create_dir_all, modes_in, Home, PRIVATE};
 use serde_json::Value;
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
-/// Largest spec, task or config file corral reads (DESIGN.md §10).
+/// Largest spec, task or config file corral reads (DESIGN.md §10), and so the largest it
+/// writes.
 pub const MAX_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Narrows the permissions of a file corral just opened or created to `mode` when they are
+/// wider (an old 0644 lock file) or lack the group bits a shared home needs. Only the
+/// owner can change them; for anyone else this is a no-op.
+fn fix_mode(file: &File, meta: &std::fs::Metadata, path: &Path, mode: u32) -> Result<()> {
+    if meta.mode() & 0o7777 != mode && meta.uid() == rustix::process::geteuid().as_raw() {
+        file.set_permissions(std::fs::Permissions::from_mode(mode))
+            .ctx("set permissions of", path)?;
+    }
+    Ok(())
+}
+
+/// Opens a log for appending, the way every log corral writes is opened (DESIGN §10): the
+/// file and its directory are never followed through a symlink (`O_NOFOLLOW` on both, the
+/// file opened relative to the directory), a non-regular file is refused, and a new file
+/// gets the home's mode. Missing directories are created.
+pub fn open_log(path: &Path) -> Result<File> {
+    use rustix::fs::{Mode, OFlags};
+    let dir = path
+        .parent()
+        .ok_or_else(|| Error::Invalid(format!("{}: no directory", path.display())))?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::Invalid(format!("{}: no file name", path.display())))?;
+    let refused = |why: &str| Error::Invalid(format!("refusing log {}: {why}", path.display()));
+    let open_dir = || {
+        rustix::fs::open(
+            dir,
+            OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::RDONLY,
+            Mode::empty(),
+        )
+    };
+    // On the hot path (every event append) the directory exists: create only when missing.
+    let dirfd = match open_dir() {
+        Err(rustix::io::Errno::NOENT) => {
+            create_dir_all(dir)?;
+            open_dir()
+        }
+        other => other,
+    }
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR => {
+            refused("its directory is a symlink or not a directory")
+        }
+        e => Error::io(format!("cannot open {}", dir.display()), e.into()),
+    })?;
+    let dmode = rustix::fs::fstat(&dirfd)
+        .map_err(|e| Error::io(format!("cannot stat {}", dir.display()), e.into()))?
+        .st_mode;
+    let mode = if dmode & 0o2000 != 0 && dmode & 0o020 != 0 {
+        crate::home::SHARED.file
+    } else {
+        PRIVATE.file
+    };
+    let fd = rustix::fs::openat(
+        &dirfd,
+        name,
+        OFlags::WRONLY
+            | OFlags::APPEND
+            | OFlags::CREATE
+            | OFlags::NOFOLLOW
+            | OFlags::CLOEXEC
+            | OFlags::NONBLOCK,
+        Mode::from_raw_mode(mode),
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::LOOP => refused("it is a symlink"),
+        // A FIFO without a reader (O_NONBLOCK keeps the open from hanging).
+        rustix::io::Errno::NXIO => refused("not a regular file"),
+        e => Error::io(format!("cannot open {}", path.display()), e.into()),
+    })?;
+    let file = File::from(fd);
+    let meta = file.metadata().ctx("stat", path)?;
+    if !meta.is_file() {
+        return Err(refused("not a regular file"));
+    }
+    fix_mode(&file, &meta, path, mode)?;
+    Ok(file)
+}
+
+/// The network filesystem `path` is on, if any: a lock there may be held by another host,
+/// which a timeout message must say.
+pub fn network_fs(path: &Path) -> Option<&'static str> {
+    crate::netfs::network_fs(path)
+}
+
+/// Default bound on a lock wait (seconds), overridden by `CORRAL_LOCK_TIMEOUT`.
+pub const DEFAULT_LOCK_TIMEOUT_SECS: f64 = 10.0;
+
+/// How long a CLI lock wait may last: `CORRAL_LOCK_TIMEOUT` in the duration vocabulary of
+/// [`crate::time::parse_secs`] (default 10 s). A bad value is invalid input (exit 6).
+pub fn lock_timeout() -> Result<Duration> {
+    match std::env::var("CORRAL_LOCK_TIMEOUT") {
+        Ok(v) if !v.trim().is_empty() => crate::time::parse_secs(&v)
+            .map(crate::time::duration)
+            .map_err(|e| Error::Invalid(format!("CORRAL_LOCK_TIMEOUT: {e}"))),
+        _ => Ok(crate::time::duration(DEFAULT_LOCK_TIMEOUT_SECS)),
+    }
+}
 
 /// An exclusive `flock` held until dropped. The kernel releases it if the process dies, so
 /// a lock file left behind blocks nobody.
@@ -35,37 +143,123 @@ impl LockGuard {
     }
 }
 
+/// Opens (creating) a lock file read-write, as an exclusive flock needs on NFS, never
+/// through a symlink, with the home's mode.
 fn open_lock_file(path: &Path) -> Result<File> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let mode = modes_in(dir).file;
     let open = || {
         OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
             .open(path)
     };
-    match open() {
-        Ok(f) => Ok(f),
+    let file = match open() {
+        Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(dir) = path.parent() {
-                std::fs::create_dir_all(dir).ctx("create", dir)?;
-            }
-            open().ctx("open lock", path)
+            create_dir_all(dir)?;
+            open().ctx("open lock", path)?
         }
-        Err(e) => Err(Error::io(format!("cannot open lock {}", path.display()), e)),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(Error::Invalid(format!(
+                "refusing lock {}: it is a symlink",
+                path.display()
+            )))
+        }
+        Err(e) => return Err(Error::io(format!("cannot open lock {}", path.display()), e)),
+    };
+    let meta = file.metadata().ctx("stat", path)?;
+    if !meta.is_file() {
+        return Err(Error::Invalid(format!(
+            "refusing lock {}: not a regular file",
+            path.display()
+        )));
+    }
+    fix_mode(&file, &meta, path, mode)?;
+    Ok(file)
+}
+
+/// Takes an exclusive lock, waiting at most [`lock_timeout`] (DESIGN §6 S4). A wait that
+/// times out is exit 5 naming the lock file.
+pub fn lock(path: &Path) -> Result<LockGuard> {
+    lock_within(path, lock_timeout()?)
+}
+
+/// Takes an exclusive lock, waiting at most `timeout`. flock has no timeout, so a contended
+/// wait is a blocking `flock` on a duplicate of the descriptor in a helper thread, which the
+/// caller abandons at the deadline: the kernel wakes waiters when the lock is released, so a
+/// busy lock is shared fairly among waiters (a polling waiter loses every time to a holder
+/// that takes the lock again at once, as 16 cleanup threads do on the budget lock). An
+/// abandoned helper that gets the lock later closes the last descriptor of the abandoned
+/// open file, which releases it at once. If many waits are already abandoned (a lock held
+/// for good), waiting falls back to polling every few milliseconds.
+pub fn lock_within(path: &Path, timeout: Duration) -> Result<LockGuard> {
+    let file = open_lock_file(path)?;
+    let guard = |file| LockGuard {
+        file,
+        path: path.to_path_buf(),
+    };
+    match file.try_lock() {
+        Ok(()) => return Ok(guard(file)),
+        Err(std::fs::TryLockError::WouldBlock) => {}
+        Err(std::fs::TryLockError::Error(e)) => {
+            return Err(Error::io(format!("cannot lock {}", path.display()), e))
+        }
+    }
+    let start = Instant::now();
+    let timed_out = || Error::LockTimeout {
+        path: path.to_path_buf(),
+        waited: start.elapsed(),
+        network_fs: path.parent().and_then(network_fs),
+    };
+    if WAITERS.fetch_add(1, Ordering::AcqRel) < MAX_WAITERS {
+        if let Ok(dup) = file.try_clone() {
+            let (tx, rx) = std::sync::mpsc::channel();
+            let spawned = std::thread::Builder::new()
+                .name("corral-lock-wait".into())
+                .spawn(move || {
+                    let r = dup.lock();
+                    WAITERS.fetch_sub(1, Ordering::AcqRel);
+                    let _ = tx.send(r);
+                });
+            if spawned.is_ok() {
+                return match rx.recv_timeout(timeout) {
+                    Ok(Ok(())) => Ok(guard(file)),
+                    Ok(Err(e)) => Err(Error::io(format!("cannot lock {}", path.display()), e)),
+                    Err(_) => Err(timed_out()),
+                };
+            }
+        }
+    }
+    WAITERS.fetch_sub(1, Ordering::AcqRel);
+    let mut pause = Duration::from_millis(1);
+    loop {
+        match file.try_lock() {
+            Ok(()) => return Ok(guard(file)),
+            Err(std::fs::TryLockError::WouldBlock) => {}
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(Error::io(format!("cannot lock {}", path.display()), e))
+            }
+        }
+        let waited = start.elapsed();
+        if waited >= timeout {
+            return Err(timed_out());
+        }
+        std::thread::sleep(pause.min(timeout - waited));
+        pause = (pause * 2).min(Duration::from_millis(4));
     }
 }
 
-/// Takes an exclusive lock, waiting for it.
-pub fn lock(path: &Path) -> Result<LockGuard> {
-    let file = open_lock_file(path)?;
-    file.lock().ctx("lock", path)?;
-    Ok(LockGuard {
-        file,
-        path: path.to_path_buf(),
-    })
-}
+/// Blocking lock waits in flight (helper threads), abandoned ones included.
+static WAITERS: AtomicU64 = AtomicU64::new(0);
+
+/// Beyond this many helper threads, waits poll instead (bounds the threads a daemon could
+/// leave blocked on locks that are never released).
+const MAX_WAITERS: u64 = 256;
 
 /// Takes an exclusive lock if it is free; `None` when someone else holds it.
 pub fn try_lock(path: &Path) -> Result<Option<LockGuard>> {
@@ -100,28 +294,34 @@ fn tmp_name() -> String {
 }
 
 /// Writes `bytes` to `target` atomically: a reader sees the old or the new content, never a
-/// torn file, and after return the new content survives a crash.
+/// torn file, and after return the new content survives a crash. Content larger than any
+/// reader accepts ([`MAX_FILE_BYTES`]) is refused before anything is written (exit 6), so a
+/// writer can never leave behind a file that every reader would then refuse (S9).
 pub fn atomic_write(home: &Home, target: &Path, bytes: &[u8]) -> Result<()> {
+    check_size(target, bytes.len())?;
     let tmp_dir = home.tmp_dir();
     let tmp = tmp_dir.join(tmp_name());
-    let mut f = match OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-    {
+    let mode = modes_in(&tmp_dir).file;
+    let create = || {
+        OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .custom_flags(libc::O_NOFOLLOW)
+            .open(&tmp)
+    };
+    let mut f = match create() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&tmp_dir).ctx("create", &tmp_dir)?;
-            OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o644)
-                .open(&tmp)
-                .ctx("create", &tmp)?
+            create_dir_all(&tmp_dir)?;
+            create().ctx("create", &tmp)?
         }
         Err(e) => return Err(Error::io(format!("cannot create {}", tmp.display()), e)),
     };
+    if mode != PRIVATE.file {
+        let meta = f.metadata().ctx("stat", &tmp)?;
+        fix_mode(&f, &meta, &tmp, mode)?;
+    }
     let res = f
         .write_all(bytes)
         .and_then(|_| f.sync_all())
@@ -133,6 +333,17 @@ pub fn atomic_write(home: &Home, target: &Path, bytes: &[u8]) -> Result<()> {
     }
     if let Some(dir) = target.parent() {
         fsync_dir(dir)?;
+    }
+    Ok(())
+}
+
+/// Refuses content over [`MAX_FILE_BYTES`] for `target` (exit 6), before anything moves.
+pub fn check_size(target: &Path, len: usize) -> Result<()> {
+    if len as u64 > MAX_FILE_BYTES {
+        return Err(Error::Invalid(format!(
+            "refusing to write {}: {len} bytes is more than the {MAX_FILE_BYTES} bytes every reader accepts",
+            target.display()
+        )));
     }
     Ok(())
 }
@@ -165,6 +376,20 @@ pub fn read_json(path: &Path) -> std::result::Result<Value, ReadError> {
 
 /// Reads a file's bytes under the same guards as [`read_json`].
 pub fn read_guarded(path: &Path) -> std::result::Result<Vec<u8>, ReadError> {
+    // On NFS a file another host replaced by rename can answer ESTALE until the parent
+    // directory is looked up again: retry after revalidating it (one revalidation sufficed
+    // in every measured case).
+    crate::netfs::retry_estale_if(
+        path,
+        |e: &ReadError| {
+            use crate::netfs::MaybeStale;
+            matches!(e, ReadError::Io(err) if err.is_stale())
+        },
+        || read_guarded_once(path),
+    )
+}
+
+fn read_guarded_once(path: &Path) -> std::result::Result<Vec<u8>, ReadError> {
     let f = OpenOptions::new()
         .read(true)
         .custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK)
@@ -238,7 +463,7 @@ pub fn move_file(from: &Path, to: &Path) -> Result<()> {
 /// collide) and writes a `.reason` beside it. Returns the quarantined path.
 pub fn quarantine(home: &Home, path: &Path, reason: &str) -> Result<PathBuf> {
     let qdir = home.quarantine_dir();
-    std::fs::create_dir_all(&qdir).ctx("create", &qdir)?;
+    create_dir_all(&qdir)?;
     let name = path
         .file_name()
         .and_then(|n| n.to_str())
@@ -280,6 +505,8 @@ pub fn list_json(dir: &Path) -> Result<Vec<String>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    use std::os::unix::fs::PermissionsExt;
 
     fn home() -> (tempfile::TempDir, Home) {
         crate::home::test_home()
@@ -326,6 +553,97 @@ mod tests {
         assert!(try_lock(&p).unwrap().is_none());
         drop(g);
         assert!(try_lock(&p).unwrap().is_some());
+    }
+
+    #[test]
+    fn a_held_lock_times_out_naming_the_file_and_lock_files_are_private() {
+        use std::os::unix::fs::MetadataExt;
+        let (_d, h) = home();
+        let p = h.budget_lock();
+        let _held = lock(&p).unwrap();
+        assert_eq!(std::fs::metadata(&p).unwrap().mode() & 0o777, 0o600);
+        let t0 = Instant::now();
+        let err = lock_within(&p, Duration::from_millis(150)).unwrap_err();
+        assert!(t0.elapsed() >= Duration::from_millis(150));
+        assert_eq!(err.exit_code(), 5);
+        assert!(err.to_string().contains("budget.lock"), "{err}");
+        // An old, world-readable lock file is narrowed when next opened.
+        let old = h.locks_dir().join("old.lock");
+        std::fs::write(&old, "").unwrap();
+        std::fs::set_permissions(&old, std::fs::Permissions::from_mode(0o644)).unwrap();
+        drop(lock(&old).unwrap());
+        assert_eq!(std::fs::metadata(&old).unwrap().mode() & 0o777, 0o600);
+    }
+
+    #[test]
+    fn contended_waits_are_shared_fairly_and_an_abandoned_wait_leaves_nothing_held() {
+        let (_d, h) = home();
+        let p = h.budget_lock();
+        // A holder that takes the lock again at once, as a loop of cleanups does, must not
+        // starve a waiter.
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hog = {
+            let (p, stop) = (p.clone(), stop.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    let g = lock_within(&p, Duration::from_secs(10)).unwrap();
+                    std::thread::sleep(Duration::from_millis(2));
+                    drop(g);
+                }
+            })
+        };
+        for _ in 0..20 {
+            drop(lock_within(&p, Duration::from_secs(5)).expect("a fair share"));
+        }
+        stop.store(true, Ordering::Relaxed);
+        hog.join().unwrap();
+        // A wait abandoned at its deadline does not keep the lock once the holder lets go.
+        let held = lock(&p).unwrap();
+        assert!(lock_within(&p, Duration::from_millis(50)).is_err());
+        drop(held);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while try_lock(&p).unwrap().is_none() {
+            assert!(
+                Instant::now() < deadline,
+                "the abandoned waiter kept the lock"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    #[test]
+    fn writes_readers_would_refuse_are_refused_before_anything_moves() {
+        let (_d, h) = home();
+        let p = h.coordination().join("x.json");
+        atomic_write(&h, &p, b"{}").unwrap();
+        let big = vec![b' '; MAX_FILE_BYTES as usize + 1];
+        let err = atomic_write(&h, &p, &big).unwrap_err();
+        assert_eq!(err.exit_code(), 6, "{err}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"{}");
+        assert_eq!(std::fs::read_dir(h.tmp_dir()).unwrap().count(), 0);
+    }
+
+    #[test]
+    fn logs_never_follow_symlinks() {
+        use std::os::unix::fs::MetadataExt;
+        let (d, h) = home();
+        let outside = d.path().join("outside.txt");
+        std::fs::write(&outside, "").unwrap();
+        let log = h.worker_log("w1");
+        std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(&outside, &log).unwrap();
+        assert_eq!(open_log(&log).unwrap_err().exit_code(), 6);
+        let dir_link = h.worker_log_dir("w2");
+        std::os::unix::fs::symlink(d.path(), &dir_link).unwrap();
+        let e = open_log(&h.worker_log("w2")).unwrap_err();
+        assert_eq!(e.exit_code(), 6, "{e}");
+        let fifo = h.worker_log_dir("w3").join("worker.log");
+        std::fs::create_dir_all(fifo.parent().unwrap()).unwrap();
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert_eq!(open_log(&fifo).unwrap_err().exit_code(), 6);
+        let ok = open_log(&h.worker_log("w4")).unwrap();
+        assert_eq!(ok.metadata().unwrap().mode() & 0o777, 0o600);
+        assert_eq!(std::fs::read(&outside).unwrap(), b"");
     }
 
     #[test]

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Dashboards benchmark: `worker-monitor --format json` over 1,000 / 10,000 / 100,000 specs,
-# against the runbook's per-file jq loop (per spec), `summary` over a 1,000,000-line event
+# Dashboards benchmark: `worker-monitor --format json` (and the table with short ids, and
+# `corral status`) over 1,000 / 10,000 / 100,000 specs, against the runbook's per-file jq
+# loop (per spec), `summary` over a 1,000,000-line event
 # log (time and peak RSS), and the `--watch` redraw latency after a change with 10,000
 # workers (through tmux). Prints one line per figure.
 #
@@ -82,6 +83,12 @@ for n in 1000 10000 100000; do
     make_home "$home" "$n"
     t=$(best_ms "$WM" --home "$home" --format json)
     echo "worker-monitor --format json, $n specs: $t"
+    t=$(best_ms "$WM" --home "$home" -q)
+    echo "worker-monitor table (short ids), $n specs: $t"
+    # corral status exits 10 here (no monitor watches these workers): through bash, so the
+    # figure includes one bash start (~1 ms).
+    t=$(best_ms bash -c "'$BENCH_BIN/corral' --home '$home' status >/dev/null || true")
+    echo "corral status, $n active workers: $t"
     if [[ $n == 1000 ]]; then
         list_1k=${t%% ms*}
         # The runbook's "list workers by health score" loop: three jq calls per spec.

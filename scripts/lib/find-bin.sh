@@ -1,7 +1,9 @@
 # shellcheck shell=bash
 # Sourced by the runbook wrappers: find_bin NAME prints the path of a corral binary, taken
-# from $CORRAL_BIN_DIR, else PATH, else this repository's target/release (then target/debug).
-# One copy of the lookup, so every wrapper resolves binaries the same way.
+# from $CORRAL_BIN_DIR, else PATH, else the directory of the corral that installed these
+# scripts into a home (`corral init --with-scripts`), else this repository's target/release
+# (then target/debug). One copy of the lookup, so every wrapper resolves binaries the same way.
+# @corral-install@
 
 find_bin() {
     local name=$1 root dir
@@ -11,6 +13,10 @@ find_bin() {
     fi
     if command -v "$name" >/dev/null 2>&1; then
         command -v "$name"
+        return 0
+    fi
+    if [[ -n "${CORRAL_INSTALLED_BIN_DIR:-}" && -x "$CORRAL_INSTALLED_BIN_DIR/$name" ]]; then
+        printf '%s\n' "$CORRAL_INSTALLED_BIN_DIR/$name"
         return 0
     fi
     root=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)

@@ -7,7 +7,6 @@ use crate::lifecycle::{self, Beat};
 use crate::spec::Status;
 use clap::Parser;
 use std::process::ExitCode;
-use std::time::Duration;
 
 /// Report a worker's liveness, progress and token use, or end it.
 ///
@@ -22,7 +21,8 @@ use std::time::Duration;
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
-    /// Worker id (default: $CORRAL_WORKER_ID, set for launched workers).
+    /// Worker id or a unique prefix of it (default: $CORRAL_WORKER_ID, set for launched
+    /// workers).
     #[arg(env = "CORRAL_WORKER_ID")]
     pub worker_id: String,
     /// running or idle.
@@ -61,9 +61,9 @@ pub struct Cli {
     /// Beat every --interval seconds on behalf of --pid until it exits.
     #[arg(long = "loop", requires = "pid")]
     pub run_loop: bool,
-    /// Seconds between beats with --loop.
-    #[arg(long, default_value_t = 30.0, value_name = "S")]
-    pub interval: f64,
+    /// Time between beats with --loop: seconds, or e.g. 500ms, 30s, 1m.
+    #[arg(long, default_value = "30", value_name = "S")]
+    pub interval: String,
     /// The process to beat for with --loop.
     #[arg(long, value_name = "P")]
     pub pid: Option<i32>,
@@ -93,14 +93,18 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    // Checked before anything else, so a bad value is refused even without a home (S5).
+    if cli.run_loop {
+        crate::time::parse_positive_secs("--interval", &cli.interval)?;
+    }
     let home = cli.global.home()?;
-    let id = cli.worker_id.as_str();
-    crate::id::validate("worker", id)?;
     if let Some(p) = cli.progress {
         if !(0.0..=100.0).contains(&p) {
             return Err(Error::Invalid(format!("--progress {p} is outside 0-100")));
         }
     }
+    // After the checks of the flags: a bad value is exit 6 whether or not the worker exists.
+    let id = &worker_id(&home, &cli.worker_id)?;
     let beat = Beat {
         status: cli.status,
         tokens_used: cli.tokens_used,
@@ -114,14 +118,12 @@ fn run(cli: Cli) -> Result<()> {
         let pid = cli
             .pid
             .ok_or_else(|| Error::Usage("--loop needs --pid".into()))?;
-        if cli.interval.is_nan() || cli.interval <= 0.0 {
-            return Err(Error::Usage("--interval must be positive".into()));
-        }
+        let interval = crate::time::parse_positive_secs("--interval", &cli.interval)?;
         lifecycle::heartbeat_loop(
             &home,
             id,
             pid,
-            Duration::from_secs_f64(cli.interval),
+            crate::time::duration(interval),
             cli.hold_lock,
         )?;
         return Ok(());
@@ -152,4 +154,16 @@ fn run(cli: Cli) -> Result<()> {
         cli::out_json(&lifecycle::spec_json(&spec))?;
     }
     Ok(())
+}
+
+/// The worker a beat is for: a unique prefix typed by an operator is resolved (exit 5 with
+/// the candidates when it is ambiguous, 3 when nothing matches), but the id a launched
+/// worker got in `$CORRAL_WORKER_ID` is taken as it is: a worker whose spec is gone must
+/// never beat another worker whose id merely begins with its own.
+fn worker_id(home: &crate::Home, token: &str) -> Result<String> {
+    if std::env::var("CORRAL_WORKER_ID").is_ok_and(|own| own == token) {
+        crate::id::validate("worker", token)?;
+        return Ok(token.to_string());
+    }
+    crate::lookup::resolve_worker(home, token)
 }

@@ -1,10 +1,10 @@
 //! `heartbeat-monitor`: the liveness daemon (or one `--once` pass for cron). Flags become
 //! policy overrides on top of the policy file and `CORRAL_HEARTBEAT__…` env; the work is in
-//! [`crate::monitor`].
+//! [`crate::liveness`].
 
 use crate::cli::{self, Global};
 use crate::error::Result;
-use crate::monitor::{self, Options};
+use crate::liveness::{self as monitor, Options};
 use clap::Parser;
 use serde_json::Value;
 use std::path::PathBuf;
@@ -121,8 +121,9 @@ fn run(cli: Cli) -> Result<()> {
         }
     };
     if !cli.once {
-        // Before the log writer's thread exists, so that it inherits the mask.
-        monitor::block_signals()?;
+        // Before the log writer's thread exists, so that it inherits the mask (stop, reload
+        // and SIGCHLD are read from the daemon's signalfd, never delivered to a thread).
+        crate::process::signals::block(&monitor::reactor::DAEMON_SIGNALS)?;
     }
     let _log = cli::init_daemon_logging(&cli.global, &home, "heartbeat-monitor")?;
     monitor::run(

@@ -1,10 +1,11 @@
 //! `stop-worker`: graceful shutdown of one, some or all workers (DESIGN.md §6). The work is
-//! in [`crate::shutdown`]; this module parses flags, prints, and picks the exit code.
+//! in [`crate::stop`]; this module parses flags, prints, and picks the exit code.
 
+use crate::cleanup::worst_code;
 use crate::cli::{self, Format, Global};
 use crate::error::{Error, Result};
 use crate::policy::HeartbeatPolicy;
-use crate::shutdown::{self, StopResult, StopSelection};
+use crate::stop::{self, StopResult, StopSelection};
 use clap::Parser;
 use serde_json::{json, Value};
 use std::process::ExitCode;
@@ -24,7 +25,7 @@ use std::time::Duration;
 pub struct Cli {
     #[command(flatten)]
     pub global: Global,
-    /// Workers to stop, by id.
+    /// Workers to stop, by id or unique prefix (an ambiguous one stops nothing: exit 5).
     #[arg(value_name = "ID", conflicts_with_all = ["all", "session", "worker_type"])]
     pub ids: Vec<String>,
     /// Stop every active worker.
@@ -37,8 +38,8 @@ pub struct Cli {
     #[arg(long = "type", value_name = "T")]
     pub worker_type: Option<String>,
     /// Seconds between SIGTERM and SIGKILL (also 500ms, 1m); default: the policy's grace_seconds.
-    #[arg(long, value_name = "S", value_parser = parse_grace)]
-    pub grace: Option<Duration>,
+    #[arg(long, value_name = "S")]
+    pub grace: Option<String>,
     /// Why the workers are stopped (recorded in the spec's history and events).
     #[arg(long, value_name = "R", default_value = "stopped by operator")]
     pub reason: String,
@@ -47,33 +48,16 @@ pub struct Cli {
     pub format: Format,
 }
 
-/// Parses a grace period: plain seconds (`5`, `0.5`), or `500ms`, `30s`, `1m`.
-pub fn parse_grace(s: &str) -> std::result::Result<Duration, String> {
-    let t = s.trim();
-    if let Ok(secs) = t.parse::<f64>() {
-        return Duration::try_from_secs_f64(secs).map_err(|e| format!("invalid grace {s:?}: {e}"));
-    }
-    if let Some(ms) = t.strip_suffix("ms") {
-        return ms
-            .parse::<u64>()
-            .map(Duration::from_millis)
-            .map_err(|_| format!("invalid grace {s:?}: expected e.g. 5, 0.5, 500ms, 30s, 1m"));
-    }
-    crate::time::parse_duration(t)
-        .ok()
-        .and_then(|d| d.to_std().ok())
-        .ok_or_else(|| format!("invalid grace {s:?}: expected e.g. 5, 0.5, 500ms, 30s, 1m"))
-}
-
-/// The grace period: the flag, else the policy's `grace_seconds` (5 by default).
-pub fn grace_or_policy(flag: Option<Duration>, home: &crate::Home) -> Result<Duration> {
+/// The grace period: the flag (seconds, or `500ms`, `30s`, `1m`: the bounded vocabulary of
+/// `time::parse_secs`, exit 6 on anything else), else the policy's `grace_seconds`.
+pub fn grace_or_policy(flag: Option<&str>, home: &crate::Home) -> Result<Duration> {
     match flag {
-        Some(g) => Ok(g),
-        None => {
-            let p = HeartbeatPolicy::load(home)?;
-            Duration::try_from_secs_f64(p.grace_seconds.max(0.0))
-                .map_err(|e| Error::Invalid(format!("policy grace_seconds: {e}")))
-        }
+        Some(g) => crate::time::parse_secs(g)
+            .map(crate::time::duration)
+            .map_err(|e| Error::Invalid(format!("--grace: {e}"))),
+        None => Ok(crate::time::duration(
+            HeartbeatPolicy::load(home)?.grace_seconds,
+        )),
     }
 }
 
@@ -89,14 +73,14 @@ pub fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     let home = cli.global.home()?;
-    let grace = grace_or_policy(cli.grace, &home)?;
+    let grace = grace_or_policy(cli.grace.as_deref(), &home)?;
     let sel = StopSelection {
-        ids: cli.ids,
+        ids: crate::lookup::resolve_workers(&home, &cli.ids)?,
         all: cli.all,
         session: cli.session,
         worker_type: cli.worker_type,
     };
-    let results = shutdown::stop_many(&home, &sel, grace, &cli.reason)?;
+    let results = stop::stop_many(&home, &sel, grace, &cli.reason)?;
     if results.is_empty() {
         eprintln!("stop-worker: no active worker matches; nothing to stop");
     }
@@ -110,7 +94,7 @@ fn run(cli: Cli) -> Result<()> {
         .iter()
         .filter_map(|r| r.outcome.as_ref().err())
         .collect();
-    let code = shutdown::worst_code(failed.iter().map(|e| e.exit_code()));
+    let code = worst_code(failed.iter().map(|e| e.exit_code()));
     if code == 0 {
         return Ok(());
     }
@@ -172,17 +156,19 @@ fn print(format: Format, results: &[StopResult]) -> Result<()> {
             if results.is_empty() {
                 return Ok(());
             }
+            let short = crate::lookup::short_ids(results.iter().map(|r| r.worker_id.as_str()));
+            let shown = |id: &String| short.get(id.as_str()).unwrap_or(id).clone();
             let rows: Vec<Vec<String>> = results
                 .iter()
                 .map(|r| match &r.outcome {
                     Ok(s) => vec![
-                        r.worker_id.clone(),
+                        shown(&r.worker_id),
                         "stopped".into(),
                         s.process.describe().into(),
                         s.spec.token_budget.allocated.to_string(),
                     ],
                     Err(e) => vec![
-                        r.worker_id.clone(),
+                        shown(&r.worker_id),
                         format!("error (exit {})", e.exit_code()),
                         "-".into(),
                         "0".into(),

@@ -1,45 +1,49 @@
 //! `task-queue`: the filesystem-native task queue from the command line (DESIGN.md §8).
 //!
-//! The queue itself is `crate::queue`; this layer parses flags, prints, and ties the queue
-//! to worker lifecycles: a claim by an active worker sets the worker's `task_id` and
-//! `status: running` through `lifecycle::heartbeat`, completion sets it `idle` again. That
-//! coupling lives here because `queue` sits below `lifecycle` in the layering.
-//!
-//! `work` is the whole worker loop in one process: claim (sleeping on inotify), run the
-//! command with the task on stdin, heartbeat or renew the lease meanwhile, complete or fail.
-//! SIGTERM/SIGINT are taken by a `sigwait` thread rather than a handler, so the wait can be
-//! woken through the claimer's channel and the child can be told to stop, without polling.
+//! Flags become options and library calls (`crate::queue`); this layer only prints and ties
+//! the queue to worker lifecycles: a claim by an active worker sets the worker's `task_id`
+//! and `status: running` through `lifecycle::heartbeat`, completion sets it `idle` again,
+//! and the `work` loop beats through a [`queue::work::Liveness`] defined here. That coupling
+//! lives here because `queue` sits below `lifecycle` in the layering. Durations are parsed
+//! with `time::parse_secs` after clap, so a bad one exits 6 (invalid input), not 2.
 
 use crate::cli::{self, Format, Global};
 use crate::error::{Error, Result};
 use crate::home::{Home, TaskState};
 use crate::lifecycle::{self, Beat};
 use crate::policy::HeartbeatPolicy;
-use crate::queue::{self, Caller, Claimer, EnqueueRequest, Task, Wake};
+use crate::queue::policy::{policy_doc, policy_secs, Retention};
+use crate::queue::work::{Liveness, NoSpec, Work, WorkOptions, WorkSummary};
+use crate::queue::{self, Caller, Claimer, EnqueueRequest, Task};
 use crate::spec::{Priority, Status};
+use crate::time;
 use clap::{Args, Parser, Subcommand};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::io::{Read, Write};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const EXAMPLES: &str = "\
 Examples:
   ID=$(task-queue enqueue --class llm --priority high --payload '{\"doc\": 7}')
+  seq 1000 | task-queue enqueue --class cpu --jsonl - > ids.txt
+  task-queue enqueue --class report --after \"$ID\" --delay 10m
   task-queue claim --worker worker-1 --class resource --class llm --wait 30 > task.json
   task-queue complete \"$ID\" --worker worker-1 --result '{\"ok\": true}'
   task-queue fail \"$ID\" --worker worker-1 --error 'model not loaded'
-  task-queue work --worker worker-1 --class llm --idle-exit 300 -- ./process-task.sh
-  task-queue list --state processing
+  task-queue work --worker worker-1 --class llm --idle-exit 300 --task-timeout 10m -- ./process-task.sh
+  task-queue cancel \"$ID\"; task-queue pause llm; task-queue resume llm
+  task-queue wait \"$ID\" --timeout 1h && echo done
+  task-queue list --state pending --limit 20
   task-queue stats --format json | jq .oldest_pending_seconds
+  task-queue purge --completed-older-than 7d --failed-older-than 30d
 
 Exit codes: 0 ok, 3 no such task, 5 wrong state or not the claimant, 6 invalid input,
-7 nothing to claim (or --wait timed out), 8 no home.";
+7 nothing to claim (or a wait timed out), 8 no home, 10 (wait) a task failed or was cancelled.";
 
-/// The filesystem-native task queue: enqueue, claim, complete, fail, requeue, list, stats,
-/// show, and `work`, the whole worker loop.
+/// The filesystem-native task queue: enqueue (one or bulk), claim, complete, fail, requeue,
+/// cancel, pause/resume, wait, list, stats, show, purge, and `work`, the whole worker loop.
 ///
 /// Tasks are files under <home>/coordination/tasks/; a claim is one rename(2), so exactly
 /// one claimer wins, with no lock files per task.
@@ -55,9 +59,9 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Add a task; prints its id.
+    /// Add a task (prints its id), or many from JSON lines (one id per line).
     #[command(
-        after_help = "Examples:\n  task-queue enqueue --class llm --payload '{\"prompt\": \"hi\"}'\n  task-queue enqueue --class build --priority critical --id build-42 --payload-file job.json\n  echo '[1,2]' | task-queue enqueue --class cpu --payload-file -"
+        after_help = "Examples:\n  task-queue enqueue --class llm --payload '{\"prompt\": \"hi\"}'\n  task-queue enqueue --class build --priority critical --id build-42 --payload-file job.json\n  echo '[1,2]' | task-queue enqueue --class cpu --payload-file -\n  task-queue enqueue --class mail --delay 10m --after build-42\n  task-queue enqueue --class cpu --jsonl jobs.jsonl   # a payload per line, or\n      {\"payload\": …, \"priority\": \"high\", \"id\": …, \"name\": …, \"max_attempts\": 2,\n       \"not_before\": \"2026-11-22T10:00:00Z\", \"after\": [\"a\", \"b\"], \"timeout_seconds\": 60}\n\nA bad line exits 6 naming its line number; the tasks before it are kept (and printed)."
     )]
     Enqueue(EnqueueArgs),
     /// Claim the next task (priority, then FIFO; classes in the order given); prints it as JSON.
@@ -70,26 +74,45 @@ pub enum Command {
         after_help = "Example:\n  task-queue complete task-20261122T101500Z-… --worker worker-1 --result '{\"pages\": 12}'"
     )]
     Complete(CompleteArgs),
-    /// Record a failure: back to pending with attempts+1, or to failed/ after max attempts.
+    /// Record a failure: back to pending with attempts+1 (after the class's retry backoff),
+    /// or to failed/ after max attempts.
     #[command(
         after_help = "Examples:\n  task-queue fail T --worker worker-1 --error 'timeout talking to the model'\n  task-queue fail T --worker worker-1 --no-retry"
     )]
     Fail(FailArgs),
-    /// Put a processing or dead-lettered task back in pending.
+    /// Put a processing, failed (dead-lettered) or cancelled task back in pending.
     #[command(after_help = "Example:\n  task-queue requeue T --reason 'worker wedged'")]
     Requeue(RequeueArgs),
-    /// List tasks.
+    /// Cancel tasks: pending or deferred ones at once; a processing one is stopped by its
+    /// work loop and then cancelled.
+    #[command(after_help = "Example:\n  task-queue cancel T1 T2 --reason 'superseded'")]
+    Cancel(CancelArgs),
+    /// Stop claimers from taking tasks of a class (enqueues still land).
+    Pause(PauseArgs),
+    /// Let claimers take tasks of a paused class again.
+    Resume(ResumeArgs),
+    /// Block until tasks are done; the exit code says how they ended.
     #[command(
-        after_help = "Examples:\n  task-queue list --state pending --class llm\n  task-queue list --state processing --format json | jq '.[].claimed_by'"
+        after_help = "Exit codes: 0 every task completed; 10 at least one failed (dead-lettered) or\nwas cancelled; 7 --timeout passed first; 3 an id names no task.\nPrints one line per task: <task_id> <state>.\n\nExample:\n  task-queue wait \"$A\" \"$B\" --timeout 30m"
+    )]
+    Wait(WaitArgs),
+    /// List tasks, oldest first (pending in claim order), streaming.
+    #[command(
+        after_help = "Examples:\n  task-queue list --state pending --class llm --limit 20\n  task-queue list --state processing --format json | jq '.[].claimed_by'"
     )]
     List(ListArgs),
     /// Counts by state and class, oldest pending age, processing per worker, stuck tasks.
     Stats(StatsArgs),
     /// Print one task as JSON.
     Show(ShowArgs),
+    /// Remove finished tasks older than an age (retention).
+    #[command(
+        after_help = "Example:\n  task-queue purge --completed-older-than 7d --failed-older-than 30d\n\nThe monitor does the same on its own when the policy's queue.purge sets ages."
+    )]
+    Purge(PurgeArgs),
     /// The worker loop: claim, run CMD with the task on stdin, complete or fail, repeat.
     #[command(
-        after_help = "Examples:\n  task-queue work --worker worker-1 --class llm -- ./handle.sh\n  task-queue work --worker w --max-tasks 10 --idle-exit 60 -- python3 job.py --fast\n\nCMD runs as argv (no shell) with the task JSON on stdin and CORRAL_TASK_ID,\nCORRAL_TASK_CLASS, CORRAL_WORKER_ID in its environment. Exit 0 completes the task\n(stdout is the result: JSON if it parses, else a string); any other exit fails it.\nSIGTERM: the running CMD gets SIGTERM; if it then exits 0 the task completes,\notherwise it is requeued; then the loop exits 0."
+        after_help = "Examples:\n  task-queue work --worker worker-1 --class llm -- ./handle.sh\n  task-queue work --worker w --max-tasks 10 --idle-exit 60 --task-timeout 5m -- python3 job.py\n\nCMD runs as argv (no shell), in its own process group, with the task JSON on stdin and\nCORRAL_TASK_ID, CORRAL_TASK_CLASS, CORRAL_WORKER_ID in its environment. Exit 0 completes\nthe task (stdout is the result: JSON if it parses, else a string); any other exit fails\nit. A task's timeout_seconds (or --task-timeout) stops a command that runs too long; a\ncancelled task's command is stopped (SIGTERM, then SIGKILL after --kill-grace).\nSIGTERM: the running CMD gets SIGTERM; if it then exits 0 the task completes,\notherwise it is requeued; then the loop exits 0. CMD's stderr is framed per task by\n`--- corral task <id> start <time>` and `--- corral task <id> end <time> exit=<c> outcome=<o>`."
     )]
     Work(WorkArgs),
 }
@@ -107,16 +130,18 @@ fn parse_priority(s: &str) -> std::result::Result<Priority, String> {
 }
 
 fn parse_state(s: &str) -> std::result::Result<TaskState, String> {
-    TaskState::parse(s)
-        .ok_or_else(|| format!("invalid state {s:?}: use pending, processing, completed or failed"))
+    TaskState::parse(s).ok_or_else(|| {
+        format!("invalid state {s:?}: use pending, processing, completed, failed, deferred or cancelled")
+    })
 }
 
-fn parse_secs(s: &str) -> std::result::Result<f64, String> {
-    match s.parse::<f64>() {
-        Ok(v) if v.is_finite() && v >= 0.0 => Ok(v),
-        _ => crate::time::parse_duration(s)
-            .map(|d| d.num_milliseconds() as f64 / 1000.0)
-            .map_err(|e| e.to_string()),
+/// A duration flag: `5`, `0.5`, `30s`, `15m`, `7d` (exit 6 otherwise, nothing touched).
+fn secs(flag: &str, v: &Option<String>) -> Result<Option<f64>> {
+    match v {
+        None => Ok(None),
+        Some(s) => time::parse_secs(s)
+            .map(Some)
+            .map_err(|e| Error::Invalid(format!("{flag}: {e}"))),
     }
 }
 
@@ -133,17 +158,38 @@ pub struct EnqueueArgs {
     #[arg(long)]
     pub name: Option<String>,
     /// Use this task id (exit 5 if it exists) instead of a generated one.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "jsonl")]
     pub id: Option<String>,
     /// The payload, as JSON text (exit 6 if it is not JSON).
-    #[arg(long, conflicts_with = "payload_file")]
+    #[arg(long, conflicts_with_all = ["payload_file", "jsonl"])]
     pub payload: Option<String>,
     /// Read the payload from FILE, or - for stdin.
-    #[arg(long, value_name = "FILE|-")]
+    #[arg(long, value_name = "FILE|-", conflicts_with = "jsonl")]
     pub payload_file: Option<String>,
+    /// Many tasks from FILE (or - for stdin): one JSON payload or task object per line.
+    #[arg(long, value_name = "FILE|-")]
+    pub jsonl: Option<String>,
     /// Attempts before the task is dead-lettered.
     #[arg(long, value_name = "K")]
     pub max_attempts: Option<u32>,
+    /// Not claimable before TIME (RFC 3339).
+    #[arg(long, value_name = "TIME", conflicts_with = "delay")]
+    pub not_before: Option<String>,
+    /// Not claimable for this long (e.g. 10m).
+    #[arg(long, value_name = "DURATION")]
+    pub delay: Option<String>,
+    /// Claimable only after these tasks completed (ids or unique prefixes; repeat, or
+    /// comma-separate).
+    #[arg(
+        long,
+        value_name = "ID",
+        value_delimiter = ',',
+        conflicts_with = "jsonl"
+    )]
+    pub after: Vec<String>,
+    /// Seconds `work` lets the command run (e.g. 5m).
+    #[arg(long, value_name = "DURATION")]
+    pub timeout: Option<String>,
     /// json prints the whole task instead of its id.
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
@@ -158,12 +204,15 @@ pub struct ClaimArgs {
     /// Classes in preference order (repeat, or comma-separate); default: all classes.
     #[arg(long = "class", value_delimiter = ',')]
     pub classes: Vec<String>,
-    /// Wait up to SECS for a task (inotify, no polling); exit 7 on timeout.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
-    pub wait: Option<f64>,
+    /// Wait up to SECS for a task (inotify); exit 7 on timeout.
+    #[arg(long, value_name = "SECS")]
+    pub wait: Option<String>,
     /// Lease for a claimant that is not a worker (default: stuck_task_seconds).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
-    pub lease: Option<f64>,
+    #[arg(long, value_name = "SECS")]
+    pub lease: Option<String>,
+    /// While waiting, also look every SECS (default 2 s on NFS/CIFS, else never).
+    #[arg(long, value_name = "SECS")]
+    pub poll_interval: Option<String>,
     /// table and json print the task pretty, jsonl on one line.
     #[arg(long, value_enum, default_value_t = Format::Json)]
     pub format: Format,
@@ -172,7 +221,7 @@ pub struct ClaimArgs {
 /// `complete` flags.
 #[derive(Debug, Args)]
 pub struct CompleteArgs {
-    /// The task id.
+    /// The task id, or a unique prefix of it.
     pub task: String,
     /// The result, as JSON text.
     #[arg(long, conflicts_with = "result_file")]
@@ -194,7 +243,7 @@ pub struct CompleteArgs {
 /// `fail` flags.
 #[derive(Debug, Args)]
 pub struct FailArgs {
-    /// The task id.
+    /// The task id, or a unique prefix of it.
     pub task: String,
     /// What went wrong (kept in the task and the event).
     #[arg(long)]
@@ -216,22 +265,67 @@ pub struct FailArgs {
 /// `requeue` flags.
 #[derive(Debug, Args)]
 pub struct RequeueArgs {
-    /// The task id.
+    /// The task id, or a unique prefix of it.
     pub task: String,
     /// Why (kept in the task history and the event).
     #[arg(long, default_value = "requeued by operator")]
     pub reason: String,
 }
 
+/// `cancel` flags.
+#[derive(Debug, Args)]
+pub struct CancelArgs {
+    /// Task ids, or unique prefixes (an ambiguous one cancels nothing: exit 5).
+    #[arg(required = true)]
+    pub tasks: Vec<String>,
+    /// Why (kept in the task history and the event).
+    #[arg(long, default_value = "cancelled by operator")]
+    pub reason: String,
+}
+
+/// `pause` flags.
+#[derive(Debug, Args)]
+pub struct PauseArgs {
+    pub class: String,
+    /// Why (kept in the marker and the event).
+    #[arg(long, default_value = "paused by operator")]
+    pub reason: String,
+}
+
+/// `resume` flags.
+#[derive(Debug, Args)]
+pub struct ResumeArgs {
+    pub class: String,
+}
+
+/// `wait` flags.
+#[derive(Debug, Args)]
+pub struct WaitArgs {
+    /// Task ids, or unique prefixes.
+    #[arg(required = true)]
+    pub tasks: Vec<String>,
+    /// Give up after this long (exit 7).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<String>,
+    /// Also look every SECS (default 2 s on NFS/CIFS, else never).
+    #[arg(long, value_name = "SECS")]
+    pub poll_interval: Option<String>,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
 /// `list` flags.
 #[derive(Debug, Args)]
 pub struct ListArgs {
-    /// pending, processing, completed or failed (default: all).
+    /// pending, processing, completed, failed, deferred or cancelled (default: all).
     #[arg(long, value_parser = parse_state)]
     pub state: Option<TaskState>,
     /// Only this class.
     #[arg(long)]
     pub class: Option<String>,
+    /// At most N tasks.
+    #[arg(long, value_name = "N")]
+    pub limit: Option<u64>,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -239,6 +333,10 @@ pub struct ListArgs {
 /// `stats` flags.
 #[derive(Debug, Args)]
 pub struct StatsArgs {
+    /// Recount every task first (O(tasks); the kept counts are exact unless a process was
+    /// killed mid-move).
+    #[arg(long)]
+    pub exact: bool,
     #[arg(long, value_enum, default_value_t = Format::Table)]
     pub format: Format,
 }
@@ -246,8 +344,27 @@ pub struct StatsArgs {
 /// `show` flags.
 #[derive(Debug, Args)]
 pub struct ShowArgs {
-    /// The task id.
+    /// The task id, or a unique prefix of it.
     pub task: String,
+}
+
+/// `purge` flags.
+#[derive(Debug, Args)]
+pub struct PurgeArgs {
+    /// Remove completed tasks older than this (e.g. 7d).
+    #[arg(long, value_name = "AGE")]
+    pub completed_older_than: Option<String>,
+    /// Remove dead-lettered tasks older than this (e.g. 30d).
+    #[arg(long, value_name = "AGE")]
+    pub failed_older_than: Option<String>,
+    /// Remove cancelled tasks older than this.
+    #[arg(long, value_name = "AGE")]
+    pub cancelled_older_than: Option<String>,
+    /// Only count what would go.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
 }
 
 /// `work` flags.
@@ -263,14 +380,23 @@ pub struct WorkArgs {
     #[arg(long, value_name = "N")]
     pub max_tasks: Option<u64>,
     /// Exit 0 after SECS with nothing to claim.
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
-    pub idle_exit: Option<f64>,
+    #[arg(long, value_name = "SECS")]
+    pub idle_exit: Option<String>,
     /// Lease when the worker name is not a worker spec (default: stuck_task_seconds).
-    #[arg(long, value_name = "SECS", value_parser = parse_secs)]
-    pub lease: Option<f64>,
+    #[arg(long, value_name = "SECS")]
+    pub lease: Option<String>,
     /// Seconds between heartbeats (or lease renewals) while busy or idle.
-    #[arg(long, value_name = "SECS", default_value = "5", value_parser = parse_secs)]
-    pub heartbeat_interval: f64,
+    #[arg(long, value_name = "SECS", default_value = "5")]
+    pub heartbeat_interval: String,
+    /// Stop a task's command after this long, unless the task sets timeout_seconds.
+    #[arg(long, value_name = "SECS")]
+    pub task_timeout: Option<String>,
+    /// Between SIGTERM and SIGKILL when stopping a command (default: the policy's grace_seconds).
+    #[arg(long, value_name = "SECS")]
+    pub kill_grace: Option<String>,
+    /// Also look for tasks every SECS (default 2 s on NFS/CIFS, else never).
+    #[arg(long, value_name = "SECS")]
+    pub poll_interval: Option<String>,
     /// The command to run per task (argv, no shell).
     #[arg(last = true, required = true, value_name = "CMD")]
     pub command: Vec<String>,
@@ -294,12 +420,40 @@ fn run(cli: Cli) -> Result<()> {
         Command::Complete(a) => complete(&home, a),
         Command::Fail(a) => fail(&home, a),
         Command::Requeue(a) => {
-            let t = queue::requeue(&home, &a.task, None, &a.reason)?;
+            let t = queue::requeue(&home, &task_id(&home, &a.task)?, None, &a.reason)?;
             cli::out(t.state.name())
         }
+        Command::Cancel(a) => {
+            let mut first_err = None;
+            for id in &crate::lookup::resolve_tasks(&home, &a.tasks)? {
+                match queue::cancel(&home, id, &a.reason) {
+                    Ok(queue::Cancelled::Cancelled) => cli::out(format!("{id} cancelled"))?,
+                    Ok(queue::Cancelled::Cancelling) => cli::out(format!("{id} cancelling"))?,
+                    Err(e) => {
+                        eprintln!("error: {e}");
+                        first_err.get_or_insert(e);
+                    }
+                }
+            }
+            first_err.map_or(Ok(()), Err)
+        }
+        Command::Pause(a) => {
+            let changed = queue::pause(&home, &a.class, &a.reason)?;
+            cli::out(if changed { "paused" } else { "already paused" })
+        }
+        Command::Resume(a) => {
+            let changed = queue::resume(&home, &a.class)?;
+            cli::out(if changed { "resumed" } else { "not paused" })
+        }
+        Command::Wait(a) => wait(&home, a),
         Command::List(a) => list(&home, a),
         Command::Stats(a) => stats(&home, a),
-        Command::Show(a) => cli::out_json(&queue::find(&home, &a.task)?.task.to_value()?),
+        Command::Show(a) => cli::out_json(
+            &queue::find(&home, &task_id(&home, &a.task)?)?
+                .task
+                .to_value()?,
+        ),
+        Command::Purge(a) => purge(&home, a),
         Command::Work(a) => work(&home, a),
     }
 }
@@ -343,7 +497,48 @@ fn print_task(format: Format, t: &Task) -> Result<()> {
     }
 }
 
+fn not_before(a: &EnqueueArgs) -> Result<Option<time::Timestamp>> {
+    if let Some(t) = &a.not_before {
+        return time::parse(t).map(Some);
+    }
+    Ok(secs("--delay", &a.delay)?.map(|d| time::add_secs(time::now(), d)))
+}
+
 fn enqueue(home: &Home, a: EnqueueArgs) -> Result<()> {
+    let nb = not_before(&a)?;
+    let timeout = secs("--timeout", &a.timeout)?;
+    if let Some(src) = &a.jsonl {
+        let opts = queue::BulkOptions {
+            class: a.class.clone(),
+            priority: a.priority,
+            max_attempts: a.max_attempts,
+            not_before: nb,
+            timeout_seconds: timeout,
+        };
+        let input: Box<dyn std::io::BufRead> = if src == "-" {
+            Box::new(std::io::BufReader::new(std::io::stdin()))
+        } else {
+            use std::os::unix::fs::OpenOptionsExt;
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_NOFOLLOW)
+                .open(src)
+                .map_err(|e| Error::Invalid(format!("cannot read {src}: {e}")))?;
+            Box::new(std::io::BufReader::with_capacity(256 * 1024, f))
+        };
+        let stdout = std::io::stdout();
+        let mut out = std::io::BufWriter::new(stdout.lock());
+        let res = queue::enqueue_bulk(home, input, &opts, |t| {
+            match a.format {
+                Format::Table => writeln!(out, "{}", t.task_id),
+                _ => writeln!(out, "{}", t.to_value()?),
+            }
+            .map_err(|e| Error::io("cannot write to stdout", e))
+        });
+        out.flush()
+            .map_err(|e| Error::io("cannot write to stdout", e))?;
+        return res.map(|_| ());
+    }
     let payload = json_arg("payload", a.payload.as_deref(), a.payload_file.as_deref())?
         .unwrap_or(Value::Null);
     let req = EnqueueRequest {
@@ -353,6 +548,9 @@ fn enqueue(home: &Home, a: EnqueueArgs) -> Result<()> {
         id: a.id,
         payload,
         max_attempts: a.max_attempts,
+        not_before: nb,
+        after: crate::lookup::resolve_tasks(home, &a.after)?,
+        timeout_seconds: timeout,
     };
     let t = queue::enqueue(home, &req)?;
     match a.format {
@@ -365,21 +563,22 @@ fn enqueue(home: &Home, a: EnqueueArgs) -> Result<()> {
 /// environment). Read as one key rather than through `HeartbeatPolicy::load`: compiling the
 /// policy schema costs a one-shot `claim` more than the claim itself, and a policy the
 /// monitor refuses is reported by the monitor.
-fn lease_or_default(home: &Home, lease: Option<f64>) -> Result<f64> {
-    match lease {
+fn lease_or_default(home: &Home, lease: &Option<String>) -> Result<f64> {
+    match secs("--lease", lease)? {
         Some(l) if l > 0.0 => Ok(l),
         Some(_) => Err(Error::Invalid("--lease must be positive".into())),
-        None => {
-            let mut doc = crate::store::read_json(&home.policy_path()).unwrap_or(json!({}));
-            crate::policy::apply_env(&mut doc, std::env::vars());
-            let secs = doc
-                .get("stuck_task_seconds")
-                .and_then(Value::as_f64)
-                .filter(|s| s.is_finite() && *s > 0.0)
-                .unwrap_or(HeartbeatPolicy::default().stuck_task_seconds);
-            Ok(secs.max(1.0))
-        }
+        None => Ok(policy_secs(&policy_doc(home), "stuck_task_seconds")
+            .unwrap_or(HeartbeatPolicy::default().stuck_task_seconds)
+            .max(1.0)),
     }
+}
+
+fn poll_interval(home: &Home, flag: &Option<String>) -> Result<Option<f64>> {
+    Ok(match secs("--poll-interval", flag)? {
+        Some(s) if s > 0.0 => Some(s),
+        Some(_) => None,
+        None => queue::layout::default_poll_interval(home),
+    })
 }
 
 /// A worker that has finished or failed must not take new work.
@@ -393,19 +592,9 @@ fn refuse_dead_worker(home: &Home, worker: &str) -> Result<()> {
     Ok(())
 }
 
-/// Sets an active worker's status (and task); a failure here never undoes the queue change.
-fn beat(home: &Home, worker: &str, status: Status, task_id: Option<&str>) -> Result<()> {
-    beat_jobs(home, worker, status, task_id, 0)
-}
-
-/// Like [`beat`], also counting `jobs` finished tasks into the spec's `jobs_processed`.
-fn beat_jobs(
-    home: &Home,
-    worker: &str,
-    status: Status,
-    task_id: Option<&str>,
-    jobs: u64,
-) -> Result<()> {
+/// Sets an active worker's status (and task); `jobs` finished tasks are added to its
+/// `jobs_processed`.
+fn beat(home: &Home, worker: &str, status: Status, task_id: Option<&str>, jobs: u64) -> Result<()> {
     let b = Beat {
         status: Some(status),
         task_id: task_id.map(str::to_string),
@@ -417,19 +606,23 @@ fn beat_jobs(
 
 fn beat_if_worker(home: &Home, worker: &str, status: Status, task_id: Option<&str>) {
     if queue::is_active_worker(home, worker) {
-        if let Err(e) = beat(home, worker, status, task_id) {
+        if let Err(e) = beat(home, worker, status, task_id, 0) {
             tracing::warn!("cannot set worker {worker} {status}: {e}");
         }
     }
 }
 
 fn claim(home: &Home, a: ClaimArgs) -> Result<()> {
+    // Every flag is checked before anything moves.
+    let wait = secs("--wait", &a.wait)?;
+    let lease = lease_or_default(home, &a.lease)?;
+    let poll = poll_interval(home, &a.poll_interval)?;
     refuse_dead_worker(home, &a.worker)?;
-    let lease = lease_or_default(home, a.lease)?;
     let mut c = Claimer::new(home, &a.worker, &a.classes, lease)?;
-    let task = match a.wait {
+    let task = match wait {
         Some(secs) => {
-            let deadline = Instant::now() + Duration::from_secs_f64(secs);
+            c.poll_every(poll)?;
+            let deadline = Instant::now() + time::duration(secs);
             c.claim_wait(Some(deadline))?
         }
         None => c.try_claim()?,
@@ -442,20 +635,24 @@ fn claim(home: &Home, a: ClaimArgs) -> Result<()> {
             } else {
                 format!(" in {}", a.classes.join(", "))
             },
-            a.wait.map(|s| format!(" within {s}s")).unwrap_or_default()
+            wait.map(|s| format!(" within {s}s")).unwrap_or_default()
         )));
     };
     beat_if_worker(home, &a.worker, Status::Running, Some(&task.task_id));
     print_task(a.format, &task)
 }
 
-fn caller(worker: Option<String>, force: bool) -> Caller {
-    Caller { worker, force }
-}
-
 fn complete(home: &Home, a: CompleteArgs) -> Result<()> {
     let result = json_arg("result", a.result.as_deref(), a.result_file.as_deref())?;
-    let t = queue::complete(home, &a.task, &caller(a.worker, a.force), result)?;
+    let t = queue::complete(
+        home,
+        &task_id(home, &a.task)?,
+        &Caller {
+            worker: a.worker,
+            force: a.force,
+        },
+        result,
+    )?;
     if let Some(w) = &t.claimed_by {
         beat_if_worker(home, w, Status::Idle, None);
     }
@@ -466,13 +663,17 @@ fn complete(home: &Home, a: CompleteArgs) -> Result<()> {
 }
 
 fn fail(home: &Home, a: FailArgs) -> Result<()> {
-    let claimant = queue::find(home, &a.task)
+    let task = task_id(home, &a.task)?;
+    let claimant = queue::find(home, &task)
         .ok()
         .and_then(|f| f.task.claimed_by);
     let f = queue::fail(
         home,
-        &a.task,
-        &caller(a.worker, a.force),
+        &task,
+        &Caller {
+            worker: a.worker,
+            force: a.force,
+        },
         a.error,
         a.no_retry,
     )?;
@@ -485,81 +686,77 @@ fn fail(home: &Home, a: FailArgs) -> Result<()> {
     }
 }
 
-fn age(secs: Option<f64>) -> String {
-    match secs {
-        None => "-".into(),
-        Some(s) if s < 120.0 => format!("{s:.0}s"),
-        Some(s) if s < 7200.0 => format!("{:.0}m", s / 60.0),
-        Some(s) if s < 172_800.0 => format!("{:.1}h", s / 3600.0),
-        Some(s) => format!("{:.1}d", s / 86_400.0),
+fn wait(home: &Home, a: WaitArgs) -> Result<()> {
+    let timeout = secs("--timeout", &a.timeout)?;
+    let poll = poll_interval(home, &a.poll_interval)?;
+    let o = queue::wait(
+        home,
+        &crate::lookup::resolve_tasks(home, &a.tasks)?,
+        timeout,
+        poll,
+    )?;
+    match a.format {
+        Format::Table => {
+            for t in &o.tasks {
+                cli::out(format!("{} {}", t.task_id, t.state))?;
+            }
+        }
+        Format::Json => {
+            cli::out_json(&serde_json::to_value(&o).map_err(|e| Error::Internal(e.to_string()))?)?
+        }
+        Format::Jsonl => {
+            for t in &o.tasks {
+                cli::out_jsonl(
+                    &serde_json::to_value(t).map_err(|e| Error::Internal(e.to_string()))?,
+                )?;
+            }
+        }
     }
+    if o.timed_out {
+        return Err(Error::NothingToDo(format!(
+            "timed out waiting for {} task(s)",
+            o.tasks
+                .iter()
+                .filter(|t| !matches!(t.state.as_str(), "completed" | "failed" | "cancelled"))
+                .count()
+        )));
+    }
+    if !o.all_completed() {
+        let bad: Vec<String> = o
+            .tasks
+            .iter()
+            .filter(|t| t.state != "completed")
+            .map(|t| format!("{} {}", t.task_id, t.state))
+            .collect();
+        return Err(Error::CheckFailed(format!(
+            "not every task completed: {}",
+            bad.join(", ")
+        )));
+    }
+    Ok(())
 }
 
+/// Streams the list (see `view::tasks::TaskListWriter`).
 fn list(home: &Home, a: ListArgs) -> Result<()> {
-    if let Some(c) = &a.class {
-        crate::id::validate("class", c)?;
-    }
-    let states: Vec<TaskState> = match a.state {
-        Some(s) => vec![s],
-        None => TaskState::ALL.to_vec(),
+    let q = queue::ListQuery {
+        state: a.state,
+        class: a.class.clone(),
+        limit: a.limit,
     };
-    let mut tasks = Vec::new();
-    for s in states {
-        tasks.extend(queue::list(home, s, a.class.as_deref())?);
-    }
-    let now = crate::time::now();
-    match a.format {
-        Format::Json => cli::out_json(&Value::Array(
-            tasks.iter().map(Task::to_value).collect::<Result<_>>()?,
-        )),
-        Format::Jsonl => {
-            for t in &tasks {
-                cli::out_jsonl(&t.to_value()?)?;
-            }
-            Ok(())
-        }
-        Format::Table => {
-            let rows: Vec<Vec<String>> = tasks
-                .iter()
-                .map(|t| {
-                    let since = match t.state {
-                        TaskState::Processing => t.claimed_at,
-                        TaskState::Completed => t.completed_at,
-                        TaskState::Failed => t.failed_at,
-                        TaskState::Pending => Some(t.enqueued_at),
-                    };
-                    vec![
-                        t.task_id.clone(),
-                        t.state.name().into(),
-                        t.class.clone(),
-                        t.priority.as_str().into(),
-                        format!("{}/{}", t.attempts, t.max_attempts),
-                        t.claimed_by.clone().unwrap_or_else(|| "-".into()),
-                        age(since.map(|s| (now - s).num_milliseconds() as f64 / 1000.0)),
-                        t.name.clone().unwrap_or_default(),
-                    ]
-                })
-                .collect();
-            cli::out(cli::table(
-                &[
-                    "TASK",
-                    "STATE",
-                    "CLASS",
-                    "PRIORITY",
-                    "ATTEMPTS",
-                    "CLAIMED_BY",
-                    "AGE",
-                    "NAME",
-                ],
-                &rows,
-            ))
-        }
-    }
+    let stdout = std::io::stdout();
+    let mut w = crate::view::tasks::TaskListWriter::new(
+        std::io::BufWriter::new(stdout.lock()),
+        a.format,
+        time::now(),
+    )?;
+    let res = queue::list_each(home, &q, |t| w.write(t).map(|_| true));
+    w.finish()?;
+    res
 }
 
 fn stats(home: &Home, a: StatsArgs) -> Result<()> {
     let policy = HeartbeatPolicy::load(home)?;
-    let s = queue::stats(home, &policy, crate::time::now())?;
+    let s = queue::stats(home, &policy, time::now(), a.exact)?;
     match a.format {
         Format::Json | Format::Jsonl => {
             let v = serde_json::to_value(&s).map_err(|e| Error::Internal(e.to_string()))?;
@@ -569,115 +766,49 @@ fn stats(home: &Home, a: StatsArgs) -> Result<()> {
                 cli::out_jsonl(&v)
             }
         }
-        Format::Table => {
-            let mut rows = Vec::new();
-            for (state, by_class) in &s.counts {
-                for (class, n) in by_class {
-                    let oldest = (state == "pending")
-                        .then(|| s.oldest_pending_by_class.get(class).copied())
-                        .flatten();
-                    rows.push(vec![
-                        state.clone(),
-                        class.clone(),
-                        n.to_string(),
-                        age(oldest),
-                    ]);
-                }
-            }
-            let mut out = cli::table(&["STATE", "CLASS", "COUNT", "OLDEST"], &rows);
-            let totals: Vec<String> = s.totals.iter().map(|(k, v)| format!("{k} {v}")).collect();
-            out.push_str(&format!("\ntotal: {}", totals.join(", ")));
-            out.push_str(&format!(
-                "\noldest pending: {}",
-                age(s.oldest_pending_seconds)
-            ));
-            let per: Vec<String> = s
-                .processing_by_worker
-                .iter()
-                .map(|(w, n)| format!("{w}:{n}"))
-                .collect();
-            out.push_str(&format!(
-                "\nprocessing per worker: {}",
-                if per.is_empty() {
-                    "-".into()
-                } else {
-                    per.join(", ")
-                }
-            ));
-            out.push_str(&format!(
-                "\nstuck (processing > {}s): {}",
-                s.stuck_task_seconds, s.stuck
-            ));
-            cli::out(out)
-        }
+        Format::Table => cli::out(crate::view::tasks::stats_table(&s)),
     }
 }
 
-// ---------------------------------------------------------------------------------------
-// work
-
-static STOP: AtomicBool = AtomicBool::new(false);
-static CHILD: AtomicI32 = AtomicI32::new(0);
-
-/// Blocks SIGTERM/SIGINT/SIGHUP in this thread (and so in every thread spawned after) and
-/// starts a thread that waits for them: it sets STOP, passes SIGTERM to the running command
-/// and wakes the claimer. Must run before any other thread is spawned.
-fn block_signals() -> Result<nix::sys::signal::SigSet> {
-    use nix::sys::signal::{SigSet, Signal};
-    let mut set = SigSet::empty();
-    set.add(Signal::SIGTERM);
-    set.add(Signal::SIGINT);
-    set.add(Signal::SIGHUP);
-    set.thread_block()
-        .map_err(|e| Error::io("cannot block signals", e.into()))?;
-    Ok(set)
-}
-
-fn start_signal_thread(set: nix::sys::signal::SigSet, waker: std::sync::mpsc::Sender<Wake>) {
-    std::thread::spawn(move || {
-        while let Ok(sig) = set.wait() {
-            tracing::info!("received {sig:?}: finishing the current task, then exiting");
-            STOP.store(true, Ordering::SeqCst);
-            let pid = CHILD.load(Ordering::SeqCst);
-            if pid > 0 {
-                let _ = nix::sys::signal::kill(
-                    nix::unistd::Pid::from_raw(pid),
-                    nix::sys::signal::Signal::SIGTERM,
-                );
-            }
-            let _ = waker.send(Wake::Interrupt);
-        }
-    });
-}
-
-/// How a run of the command ended.
-struct Outcome {
-    code: Option<i32>,
-    signal: Option<i32>,
-    stdout: Vec<u8>,
-    truncated: bool,
-}
-
-struct Loop<'a> {
-    home: &'a Home,
-    a: &'a WorkArgs,
-    lease: f64,
-    interval: Duration,
-    is_worker: bool,
-}
-
-impl Loop<'_> {
-    /// Beats (worker) or does nothing (non-worker, idle). `false` when the worker is no
-    /// longer active or is shutting down: the loop must end.
-    fn keepalive(&self, status: Status, task_id: Option<&str>) -> bool {
-        self.keepalive_jobs(status, task_id, 0)
+fn purge(home: &Home, a: PurgeArgs) -> Result<()> {
+    let keep = Retention {
+        completed_after_seconds: secs("--completed-older-than", &a.completed_older_than)?,
+        failed_after_seconds: secs("--failed-older-than", &a.failed_older_than)?,
+        cancelled_after_seconds: secs("--cancelled-older-than", &a.cancelled_older_than)?,
+    };
+    if !keep.any() {
+        return Err(Error::Usage(
+            "say what to purge: --completed-older-than, --failed-older-than or --cancelled-older-than".into(),
+        ));
     }
+    let p = queue::purge(home, &keep, time::now(), None, a.dry_run)?;
+    match a.format {
+        Format::Table => cli::out(format!(
+            "{} {} tasks: {} completed, {} failed, {} cancelled",
+            if a.dry_run { "would purge" } else { "purged" },
+            p.total(),
+            p.completed,
+            p.failed,
+            p.cancelled
+        )),
+        _ => cli::out_json(&serde_json::to_value(p).map_err(|e| Error::Internal(e.to_string()))?),
+    }
+}
 
-    fn keepalive_jobs(&self, status: Status, task_id: Option<&str>, jobs: u64) -> bool {
-        if !self.is_worker {
-            return true;
-        }
-        match beat_jobs(self.home, &self.a.worker, status, task_id, jobs) {
+/// The work loop's beats for a worker spec (`lifecycle::heartbeat`).
+struct SpecBeats<'h> {
+    home: &'h Home,
+    worker: String,
+}
+
+impl Liveness for SpecBeats<'_> {
+    fn beat(&mut self, task: Option<&str>, jobs: u64) -> bool {
+        let status = if task.is_some() {
+            Status::Running
+        } else {
+            Status::Idle
+        };
+        match beat(self.home, &self.worker, status, task, jobs) {
             Ok(()) => {
                 tracing::debug!("heartbeat sent - status: {status}");
                 true
@@ -693,229 +824,55 @@ impl Loop<'_> {
         }
     }
 
-    fn run_task(&self, task: &Task) -> Result<Outcome> {
-        use std::os::unix::process::{CommandExt, ExitStatusExt};
-        use std::process::Stdio;
-        let argv = &self.a.command;
-        let mut cmd = std::process::Command::new(&argv[0]);
-        cmd.args(&argv[1..])
-            .env("CORRAL_TASK_ID", &task.task_id)
-            .env("CORRAL_TASK_CLASS", &task.class)
-            .env("CORRAL_WORKER_ID", &self.a.worker)
-            .env("CORRAL_HOME", self.home.root())
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit());
-        // SAFETY: only async-signal-safe calls between fork and exec: the child must not
-        // inherit the loop's blocked signal mask, or SIGTERM could never reach it.
-        unsafe {
-            cmd.pre_exec(|| {
-                let mut empty: libc::sigset_t = std::mem::zeroed();
-                libc::sigemptyset(&mut empty);
-                libc::pthread_sigmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut());
-                Ok(())
-            });
-        }
-        let mut child = cmd
-            .spawn()
-            .map_err(|e| Error::io(format!("cannot run {}", argv[0]), e))?;
-        let pid = child.id() as i32;
-        CHILD.store(pid, Ordering::SeqCst);
-        if STOP.load(Ordering::SeqCst) {
-            let _ = nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(pid),
-                nix::sys::signal::Signal::SIGTERM,
-            );
-        }
-        let input =
-            serde_json::to_vec(&task.to_value()?).map_err(|e| Error::Internal(e.to_string()))?;
-        let stdin = child.stdin.take();
-        let writer = std::thread::spawn(move || {
-            if let Some(mut s) = stdin {
-                // A command that does not read its stdin is fine: ignore EPIPE.
-                let _ = s.write_all(&input);
-            }
-        });
-        let stdout = child.stdout.take();
-        let reader = std::thread::spawn(move || {
-            let mut buf = Vec::new();
-            let mut truncated = false;
-            if let Some(s) = stdout {
-                let limit = queue::MAX_TASK_BYTES as u64 / 2;
-                let mut s = s;
-                let _ = (&mut s).take(limit).read_to_end(&mut buf);
-                // Drain the rest so the command never blocks on a full pipe.
-                let mut rest = [0u8; 8192];
-                while let Ok(n) = s.read(&mut rest) {
-                    if n == 0 {
-                        break;
-                    }
-                    truncated = true;
-                }
-            }
-            (buf, truncated)
-        });
-        let fd = crate::process::PidFd::open(pid)?;
-        if let Some(fd) = &fd {
-            while !fd.wait_exit(self.interval)? {
-                self.keepalive_busy(task);
-            }
-        }
-        let status = child
-            .wait()
-            .map_err(|e| Error::io("cannot wait for the command", e))?;
-        CHILD.store(0, Ordering::SeqCst);
-        let _ = writer.join();
-        let (stdout, truncated) = reader.join().unwrap_or_default();
-        Ok(Outcome {
-            code: status.code(),
-            signal: status.signal(),
-            stdout,
-            truncated,
-        })
-    }
-
-    fn keepalive_busy(&self, task: &Task) {
-        if self.is_worker {
-            if !self.keepalive(Status::Running, Some(&task.task_id)) {
-                STOP.store(true, Ordering::SeqCst);
-            }
-        } else if let Err(e) =
-            queue::renew_lease(self.home, &task.task_id, &self.a.worker, self.lease)
-        {
-            tracing::warn!("cannot renew the lease on {}: {e}", task.task_id);
-        }
-    }
-
-    fn finish(&self, task: &Task, out: Outcome) {
-        let me = Caller {
-            worker: Some(self.a.worker.clone()),
-            force: false,
-        };
-        let id = &task.task_id;
-        let res = if out.code == Some(0) {
-            let result = match serde_json::from_slice::<Value>(&out.stdout) {
-                Ok(v) if !out.truncated => v,
-                _ => {
-                    let text = String::from_utf8_lossy(&out.stdout);
-                    let text = text.strip_suffix('\n').unwrap_or(&text);
-                    if out.truncated {
-                        json!({"stdout": text, "truncated": true})
-                    } else {
-                        Value::String(text.to_string())
-                    }
-                }
-            };
-            tracing::info!("task {id} completed");
-            queue::complete(self.home, id, &me, Some(result)).map(|_| ())
-        } else if STOP.load(Ordering::SeqCst) {
-            tracing::info!("task {id} interrupted by shutdown: returning it to the queue");
-            queue::requeue(
-                self.home,
-                id,
-                Some(&me),
-                &format!("worker {} stopped before finishing", self.a.worker),
-            )
-            .map(|_| ())
-        } else {
-            let why = match (out.code, out.signal) {
-                (Some(c), _) => format!("{} exited with code {c}", self.a.command[0]),
-                (None, Some(s)) => format!("{} killed by signal {s}", self.a.command[0]),
-                _ => format!("{} ended abnormally", self.a.command[0]),
-            };
-            tracing::info!("task {id} failed: {why}");
-            queue::fail(self.home, id, &me, Some(why), false).map(|_| ())
-        };
-        if let Err(e) = res {
-            // The monitor may have requeued it (lease ran out): someone else has it now.
-            tracing::error!("cannot record the outcome of {id}: {e}");
-        }
+    fn is_worker(&self) -> bool {
+        true
     }
 }
 
 fn work(home: &Home, a: WorkArgs) -> Result<()> {
-    let set = block_signals()?;
-    STOP.store(false, Ordering::SeqCst);
-    refuse_dead_worker(home, &a.worker)?;
-    let lease = lease_or_default(home, a.lease)?;
-    let mut interval = Duration::from_secs_f64(a.heartbeat_interval.max(0.05));
-    if interval.as_secs_f64() > lease / 3.0 {
-        interval = Duration::from_secs_f64((lease / 3.0).max(0.05));
-    }
-    let is_worker = queue::is_active_worker(home, &a.worker);
-    let lp = Loop {
-        home,
-        a: &a,
-        lease,
-        interval,
-        is_worker,
-    };
-    let mut claimer = Claimer::new(home, &a.worker, &a.classes, lease)?;
-    let waker = claimer.watch()?;
-    start_signal_thread(set, waker);
-    tracing::info!(
-        "worker {} starting main loop (classes: {}, {})",
-        a.worker,
-        if a.classes.is_empty() {
-            "all".to_string()
-        } else {
-            a.classes.join(", ")
+    let set = crate::process::signals::block(&crate::process::signals::STOP_AND_RELOAD)?;
+    let doc = policy_doc(home);
+    let opts = WorkOptions {
+        worker: a.worker.clone(),
+        classes: a.classes.clone(),
+        command: a.command.clone(),
+        max_tasks: a.max_tasks,
+        idle_exit: secs("--idle-exit", &a.idle_exit)?,
+        lease: lease_or_default(home, &a.lease)?,
+        heartbeat_interval: secs("--heartbeat-interval", &Some(a.heartbeat_interval.clone()))?
+            .unwrap_or(5.0),
+        task_timeout: secs("--task-timeout", &a.task_timeout)?.filter(|s| *s > 0.0),
+        kill_grace: match secs("--kill-grace", &a.kill_grace)? {
+            Some(g) => g,
+            None => policy_secs(&doc, "grace_seconds").unwrap_or(5.0),
         },
-        if is_worker {
-            "heartbeating its spec"
-        } else {
-            "not a worker spec: holding leases"
-        }
-    );
-    let mut done = 0u64;
-    let mut idle_since = Instant::now();
-    let mut alive = lp.keepalive(Status::Idle, None);
-    while alive && !STOP.load(Ordering::SeqCst) {
-        if a.max_tasks.is_some_and(|m| done >= m) {
-            tracing::info!("{done} tasks done (--max-tasks)");
-            break;
-        }
-        let idle_deadline = a.idle_exit.map(|s| idle_since + Duration::from_secs_f64(s));
-        let mut deadline = idle_deadline;
-        if is_worker {
-            let beat_at = Instant::now() + interval;
-            deadline = Some(deadline.map_or(beat_at, |d| d.min(beat_at)));
-        }
-        match claimer.claim_wait(deadline)? {
-            Some(task) => {
-                tracing::info!(
-                    "claimed {} task {} ({})",
-                    task.class,
-                    task.task_id,
-                    task.priority.as_str()
-                );
-                lp.keepalive(Status::Running, Some(&task.task_id));
-                let out = lp.run_task(&task)?;
-                lp.finish(&task, out);
-                done += 1;
-                alive = lp.keepalive_jobs(Status::Idle, None, 1);
-                idle_since = Instant::now();
-            }
-            None => {
-                if STOP.load(Ordering::SeqCst) {
-                    break;
-                }
-                if idle_deadline.is_some_and(|d| Instant::now() >= d) {
-                    tracing::info!(
-                        "nothing to claim for {}s (--idle-exit)",
-                        a.idle_exit.unwrap_or(0.0)
-                    );
-                    break;
-                }
-                alive = lp.keepalive(Status::Idle, None);
-            }
-        }
-    }
-    tracing::info!("worker {} shutting down - completed {done} tasks", a.worker);
-    if is_worker && alive && !STOP.load(Ordering::SeqCst) {
-        complete_if_own_process(home, &a.worker, done);
+        poll_interval: poll_interval(home, &a.poll_interval)?,
+    };
+    refuse_dead_worker(home, &a.worker)?;
+    let summary = if queue::is_active_worker(home, &a.worker) {
+        let live = SpecBeats {
+            home,
+            worker: a.worker.clone(),
+        };
+        run_loop(Work::new(home, opts, live)?, set)?
+    } else {
+        run_loop(Work::new(home, opts, NoSpec)?, set)?
+    };
+    if queue::is_active_worker(home, &a.worker) && !summary.stopped && !summary.worker_gone {
+        complete_if_own_process(home, &a.worker, summary.tasks);
     }
     Ok(())
+}
+
+fn run_loop<L: Liveness>(w: Work<'_, L>, set: nix::sys::signal::SigSet) -> Result<WorkSummary> {
+    let stopper = w.stopper();
+    std::thread::spawn(move || {
+        while let Ok(sig) = set.wait() {
+            tracing::info!("received {sig:?}: finishing the current task, then exiting");
+            stopper.stop();
+        }
+    });
+    w.run()
 }
 
 /// When this loop is the worker's own launched process (`exec task-queue work …`) and it
@@ -937,4 +894,12 @@ fn complete_if_own_process(home: &Home, worker: &str, done: u64) {
         Err(Error::Conflict(m)) => tracing::debug!("not completing {worker}: {m}"),
         Err(e) => tracing::warn!("cannot complete worker {worker}: {e}"),
     }
+}
+
+/// A task id as typed: the whole id or a unique prefix (`lookup::resolve_task`: exit 5 with
+/// the candidates when it is ambiguous, 3 when nothing matches). Worker names given with
+/// `--worker` are not resolved: any name may claim (a non-worker holds a lease), so a
+/// prefix there would be a different claimant, not a shorthand.
+fn task_id(home: &Home, token: &str) -> Result<String> {
+    crate::lookup::resolve_task(home, token)
 }

@@ -1,7 +1,9 @@
 //! `worker-monitor`: the operator's dashboards over a home — the worker list (default), a
-//! live `--watch` view, the event log (`events`, with `--follow` across rotation), the
-//! seed-000 `summary`, queue `progress`, and the `prometheus` textfile. All of it is read
-//! from the files; the library does the work in `crate::view`.
+//! live `--watch` view, the event log (`events`, with `--follow` across rotation), the fleet
+//! `summary`, queue `progress`, a worker's `logs`, and the `prometheus` textfile. All of it
+//! is read from the files; the library does the work in `crate::view`. When no heartbeat
+//! monitor watches the home, the views say so on stderr (or the top line of `--watch`):
+//! without one, statuses and health scores are only what the workers last wrote.
 
 use crate::cli::{self, Format, Global};
 use crate::error::{Error, Result};
@@ -14,16 +16,18 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-/// Dashboards: list and filter workers, watch them live, read and follow the event log,
-/// summarise the fleet, export Prometheus metrics.
+/// Dashboards: list and filter workers, watch them live, read and follow the event log and
+/// worker logs, summarise the fleet, export Prometheus metrics.
 ///
 /// With no subcommand, lists workers (`active/` unless --status or --state-dir says
-/// otherwise). Everything is read from the home's files, so it works with no daemon running.
+/// otherwise). Everything is read from the home's files, so it works with no daemon running
+/// (a warning then says the data may be stale). Ids are shown short; every command accepts a
+/// unique prefix of an id.
 #[derive(Debug, Parser)]
 #[command(
     name = "worker-monitor",
     version,
-    after_help = "Examples:\n  worker-monitor                              # active workers\n  worker-monitor --status running --type implementation-worker\n  worker-monitor --sort health --format json | jq '.[0]'\n  worker-monitor --top-tokens 10\n  worker-monitor --state-dir all --session build-42\n  worker-monitor --watch --interval 2\n  worker-monitor events --since 1h --type worker_failed\n  worker-monitor events --follow --worker worker-implementation-1\n  worker-monitor summary --format json\n  worker-monitor progress\n  worker-monitor prometheus --output /var/lib/node_exporter/textfile/corral.prom"
+    after_help = "Examples:\n  worker-monitor                              # active workers\n  worker-monitor --status running --type implementation-worker\n  worker-monitor --sort health --format json | jq '.[0]'\n  worker-monitor --top-tokens 10\n  worker-monitor --state-dir all --session build-42\n  worker-monitor --watch --interval 2\n  worker-monitor events --since 1h --type worker_failed\n  worker-monitor events --follow --worker worker-implementation-1\n  worker-monitor summary --format json\n  worker-monitor progress\n  worker-monitor logs implementation-7f3a --follow\n  worker-monitor logs 7f3a --task task-aaaa\n  worker-monitor prometheus --output /var/lib/node_exporter/textfile/corral.prom"
 )]
 pub struct Cli {
     #[command(flatten)]
@@ -44,13 +48,19 @@ pub enum Command {
         after_help = "Examples:\n  worker-monitor events --since 1h\n  worker-monitor events --type zombie_detected --type worker_failed --format jsonl\n  worker-monitor events --follow --session build-42"
     )]
     Events(EventsArgs),
-    /// The seed-000 dashboards as one report.
+    /// The fleet dashboards as one report: recent lifecycle events, failures, sessions,
+    /// active workers, lifecycles, jobs per worker, queue, budget, restarts, breakers.
     #[command(
         after_help = "Examples:\n  worker-monitor summary\n  worker-monitor summary --since 30m --failures-since 7d --limit 50 --format json"
     )]
     Summary(SummaryArgs),
-    /// Queue progress and what each worker is processing (the ProgressTracker lines).
+    /// Queue progress and what each worker is processing.
     Progress(ProgressArgs),
+    /// A worker's log (stdout and stderr of its process); one task's part with --task.
+    #[command(
+        after_help = "The work loop (task-queue work) frames each task's output with marker lines:\n  --- corral task <id> start <time> …\n  --- corral task <id> end <time> exit=<code> …\n--task prints from start to end (both included). --follow stops by itself when the task ends or the worker has left active/.\n\nExamples:\n  worker-monitor logs implementation-7f3a9c01\n  worker-monitor logs 7f3a -n 50 --follow\n  worker-monitor logs 7f3a --task aaaabbbb"
+    )]
+    Logs(LogsArgs),
     /// Prometheus text exposition (stdout, or written atomically with --output).
     #[command(
         after_help = "Examples:\n  worker-monitor prometheus\n  worker-monitor prometheus --output /var/lib/node_exporter/textfile/corral.prom"
@@ -145,6 +155,22 @@ pub struct ProgressArgs {
     pub format: Format,
 }
 
+/// Flags of `logs`.
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    /// The worker (id or unique prefix; workers whose spec is gone are found by their logs).
+    pub worker: String,
+    /// Keep printing what is appended until the worker (or the --task) ends.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Only the output of this task (id or unique prefix).
+    #[arg(long, value_name = "TASK")]
+    pub task: Option<String>,
+    /// Only the last N lines.
+    #[arg(short = 'n', long, value_name = "N")]
+    pub lines: Option<usize>,
+}
+
 /// Flags of `prometheus`.
 #[derive(Debug, Args)]
 pub struct PromArgs {
@@ -186,9 +212,11 @@ fn run(cli: Cli) -> Result<()> {
         ));
     }
     let home = cli.global.home()?;
+    let quiet = cli.global.quiet;
     match cli.command {
-        None => list(&home, cli.list),
-        Some(Command::List(a)) => list(&home, a),
+        None => list(&home, cli.list, quiet),
+        Some(Command::List(a)) => list(&home, a, quiet),
+        Some(Command::Logs(a)) => logs(&home, a),
         Some(Command::Events(a)) => events(&home, a),
         Some(Command::Summary(a)) => summary_cmd(&home, a),
         Some(Command::Progress(a)) => progress(&home, a),
@@ -206,7 +234,38 @@ fn stdout_write(bytes: &[u8]) -> Result<()> {
         .map_err(|e| Error::io("cannot write to stdout", e))
 }
 
-fn list(home: &Home, a: ListArgs) -> Result<()> {
+fn logs(home: &Home, a: LogsArgs) -> Result<()> {
+    let id = crate::lookup::resolve_worker_or_log(home, &a.worker)?;
+    let task = match &a.task {
+        None => None,
+        Some(t) => {
+            let ids = view::logs::task_ids(home, &id)?;
+            match crate::lookup::resolve_among(crate::lookup::IdKind::Task, t, ids) {
+                Ok(full) => Some(full),
+                // Not in the log yet: with --follow, wait for it to start here.
+                Err(Error::NotFound(_)) if a.follow => {
+                    Some(crate::lookup::resolve_task(home, t).unwrap_or_else(|_| t.clone()))
+                }
+                Err(Error::NotFound(_)) => {
+                    return Err(Error::NotFound(format!(
+                        "task {t} has no output in the log of {id}"
+                    )))
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    };
+    let opts = view::logs::Options {
+        task,
+        lines: a.lines,
+        follow: a.follow,
+        escape: term::is_tty(libc::STDOUT_FILENO),
+    };
+    let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+    view::logs::print(home, &id, &opts, &mut out)
+}
+
+fn list(home: &Home, a: ListArgs, quiet: bool) -> Result<()> {
     let filter = workers::Filter {
         statuses: a.status.clone(),
         types: a.worker_type.clone(),
@@ -233,7 +292,7 @@ fn list(home: &Home, a: ListArgs) -> Result<()> {
                 interval,
                 filter,
                 sort,
-                colour: std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+                colour: term::use_colour(),
             },
         );
     }
@@ -258,6 +317,11 @@ fn list(home: &Home, a: ListArgs) -> Result<()> {
     workers::sort(&mut rows, sort, now);
     if let Some(n) = a.top_tokens {
         rows.truncate(n);
+    }
+    if !quiet && rows.iter().any(crate::status::needs_watching) {
+        if let Some(b) = crate::status::stale_warning(home) {
+            eprintln!("{b}");
+        }
     }
     match a.format {
         Format::Table => {
@@ -304,6 +368,16 @@ fn write_rows<T: serde::Serialize>(rows: &[T], array: bool) -> Result<()> {
 
 fn events(home: &Home, a: EventsArgs) -> Result<()> {
     let now = time::now();
+    let worker = match &a.worker {
+        Some(w) => Some(
+            crate::lookup::resolve_worker_or_log(home, w).or_else(|e| match e {
+                // A worker that left no spec or log may still have events.
+                Error::NotFound(_) => Ok(w.clone()),
+                e => Err(e),
+            })?,
+        ),
+        None => None,
+    };
     let filter = eventlog::EventFilter {
         since: a
             .since
@@ -311,7 +385,7 @@ fn events(home: &Home, a: EventsArgs) -> Result<()> {
             .map(|s| time::parse_since(s, now))
             .transpose()?,
         types: a.types.clone(),
-        worker: a.worker.clone(),
+        worker,
         session: a.session.clone(),
     };
     let err = |e: std::io::Error| Error::io("cannot write to stdout", e);
@@ -329,7 +403,7 @@ fn events(home: &Home, a: EventsArgs) -> Result<()> {
         }
         match a.format {
             Format::Table => {
-                o.write_all(eventlog::table_line(&e).as_bytes())
+                o.write_all(term::escape_line(&eventlog::table_line(&e)).as_bytes())
                     .map_err(err)?;
                 o.write_all(b"\n").map_err(err)
             }
@@ -407,7 +481,7 @@ fn summary_cmd(home: &Home, a: SummaryArgs) -> Result<()> {
     };
     let s = summary::build(home, opts, now)?;
     match a.format {
-        Format::Table => cli::out(summary::render_text(&s)),
+        Format::Table => cli::out(term::escape(&summary::render_text(&s))),
         Format::Json => cli::out_json(&to_value(&s)?),
         Format::Jsonl => cli::out_jsonl(&to_value(&s)?),
     }
@@ -445,6 +519,13 @@ fn progress(home: &Home, a: ProgressArgs) -> Result<()> {
         .collect();
     match a.format {
         Format::Table => {
+            let short = crate::lookup::short_ids(
+                processing
+                    .iter()
+                    .flat_map(|t| [Some(t.task_id.as_str()), t.claimed_by.as_deref()])
+                    .flatten(),
+            );
+            let show = |id: &str| short.get(id).cloned().unwrap_or_else(|| id.to_string());
             let mut out = q.line();
             let parts: Vec<String> = by_type.iter().map(|(t, n)| format!("{n} {t}")).collect();
             if !parts.is_empty() {
@@ -453,15 +534,18 @@ fn progress(home: &Home, a: ProgressArgs) -> Result<()> {
             for t in &processing {
                 out.push_str(&format!(
                     "\n  └─ Worker {}: Processing {} task {} ({} elapsed)",
-                    t.claimed_by.as_deref().unwrap_or("?"),
+                    t.claimed_by
+                        .as_deref()
+                        .map(show)
+                        .unwrap_or_else(|| "?".into()),
                     t.class,
-                    t.task_id,
+                    show(&t.task_id),
                     t.claimed_at
                         .map(|c| format!("{:.1}s", view::secs_between(c, now)))
                         .unwrap_or_else(|| "?".into())
                 ));
             }
-            cli::out(out)
+            cli::out(term::escape(&out))
         }
         _ => {
             let v = serde_json::json!({

@@ -1,6 +1,7 @@
 //! Views of a home for people and tools: the worker table, the event log (with rotation and
-//! follow), the seed-000 dashboards as one summary, the Prometheus textfile and the live
-//! terminal dashboard.
+//! follow), the fleet dashboards (recent events, failures, sessions, lifecycles, jobs per
+//! worker) as one summary, worker logs, the Prometheus textfile and the live terminal
+//! dashboard.
 //!
 //! Everything here only *reads* the files of DESIGN.md §2 (the Prometheus file is the one
 //! write, done atomically). Reads are display reads: a spec that is malformed or does not
@@ -14,6 +15,7 @@
 //! directly per DESIGN.md §8 so the views do not depend on the queue's in-process API.
 
 pub mod eventlog;
+pub mod logs;
 pub mod prom;
 pub mod summary;
 pub mod tasks;

@@ -262,7 +262,7 @@ pub fn render(home: &Home, now: Timestamp) -> Result<String> {
         (
             "corral_worker_health_score",
             "Health score 0-100 of an active worker.",
-            |r| Some(f64::from(r.health_score)),
+            |r| r.health_score.map(f64::from),
         ),
         (
             "corral_worker_heartbeat_age_seconds",

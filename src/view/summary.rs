@@ -1,4 +1,4 @@
-//! `worker-monitor summary`: the dashboards of seed 000 (recent lifecycle events, failures
+//! `worker-monitor summary`: the fleet dashboards (recent lifecycle events, failures
 //! of the last day, sessions, active workers with uptime, lifecycle start → stop, jobs per
 //! worker) plus queue progress, budget, restarts and circuit breakers, as one report.
 //!
@@ -532,8 +532,18 @@ fn opt_ts(t: Option<Timestamp>) -> String {
     t.map(|t| time::format(&t)).unwrap_or_else(|| "-".into())
 }
 
-/// The report as text sections for a terminal.
+/// The report as text sections for a terminal. Ids are shown in their short form (see
+/// `crate::lookup`); the JSON report has them whole.
 pub fn render_text(s: &Summary) -> String {
+    let short = crate::lookup::short_ids(
+        s.active_workers
+            .iter()
+            .map(|w| w.worker_id.as_str())
+            .chain(s.lifecycle.recent.iter().map(|r| r.worker_id.as_str()))
+            .chain(s.jobs_per_worker.iter().map(|j| j.worker_id.as_str()))
+            .chain(s.active_workers.iter().filter_map(|w| w.task_id.as_deref())),
+    );
+    let show = |id: &str| short.get(id).cloned().unwrap_or_else(|| id.to_string());
     let table = |header: &[&str], rows: &[Vec<String>]| {
         if rows.is_empty() {
             "(none)".to_string()
@@ -633,11 +643,11 @@ pub fn render_text(s: &Summary) -> String {
                 .iter()
                 .map(|w| {
                     vec![
-                        w.worker_id.clone(),
+                        show(&w.worker_id),
                         w.worker_type.clone(),
                         w.execution_mode.clone().unwrap_or_else(|| "-".into()),
                         w.status.clone(),
-                        w.task_id.clone().unwrap_or_else(|| "-".into()),
+                        w.task_id.as_deref().map(show).unwrap_or_else(|| "-".into()),
                         w.jobs_processed.to_string(),
                         w.jobs_failed.to_string(),
                         opt_ts(w.last_heartbeat),
@@ -671,7 +681,7 @@ pub fn render_text(s: &Summary) -> String {
                 .iter()
                 .map(|r| {
                     vec![
-                        r.worker_id.clone(),
+                        show(&r.worker_id),
                         r.worker_type.clone().unwrap_or_else(|| "-".into()),
                         opt_ts(r.spawned_at),
                         time::format(&r.ended_at),
@@ -701,7 +711,7 @@ pub fn render_text(s: &Summary) -> String {
                 .take(20)
                 .map(|j| {
                     vec![
-                        j.worker_id.clone(),
+                        show(&j.worker_id),
                         j.total.to_string(),
                         j.completed.to_string(),
                         j.failed.to_string(),

@@ -1,9 +1,9 @@
-//! The task queue as the dashboards see it, read straight from the files of DESIGN.md §8:
-//! `tasks/pending/<class>/<prio>-<enqueued_ns>-<id>.json` and
-//! `tasks/{processing,completed,failed}/<id>.json`. Pending tasks are counted from their
-//! names alone (class from the directory, age from the name), so a deep queue costs one
-//! directory listing; the other states are read leniently (any missing field is fine),
-//! because the views must keep working with whatever version of the queue wrote them.
+//! The task queue as the dashboards see it. Counts and ages come from the queue's own
+//! reading (`queue::report`: kept counts per class and the head of each class), so a deep
+//! queue costs what a shallow one does and every view agrees with `task-queue stats`. Task
+//! files that a view does read (`processing/`, and the per-worker job history) are read
+//! leniently (any missing field is fine), because the views must keep working with whatever
+//! version of the queue wrote them.
 
 use crate::error::Result;
 use crate::home::{Home, TaskState};
@@ -90,46 +90,34 @@ impl QueueCounts {
     }
 }
 
-/// Pending tasks per class from the directory listing: (class, count, oldest enqueued ns).
+/// Pending tasks per class: (class, count, oldest claimable task's time in ns). From the
+/// queue's kept counts and the head of each class (`queue::report::pending_classes`), so it
+/// costs the same at 1,000 and 1,000,000 pending, in the flat layout or the bucketed one.
 pub fn pending_by_class(home: &Home) -> Result<Vec<(String, u64, Option<u128>)>> {
-    let root = home.tasks_dir(TaskState::Pending);
-    let rd = match std::fs::read_dir(&root) {
-        Ok(rd) => rd,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => {
-            return Err(crate::Error::io(
-                format!("cannot list {}", root.display()),
-                e,
-            ))
-        }
-    };
-    let mut out = Vec::new();
-    for entry in rd.flatten() {
-        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
-            continue;
-        }
-        let Some(class) = entry.file_name().to_str().map(str::to_string) else {
-            continue;
-        };
-        let names = store::list_json(&entry.path())?;
-        // Names sort by priority then time, so the oldest is found by parsing each name.
-        let oldest = names
-            .iter()
-            .filter_map(|n| n.split('-').nth(1).and_then(|ns| ns.parse::<u128>().ok()))
-            .min();
-        out.push((class, names.len() as u64, oldest));
-    }
-    out.sort();
-    Ok(out)
+    let now = crate::queue::task::time_ns(time::now());
+    Ok(crate::queue::report::pending_classes(home, now)?
+        .into_iter()
+        .map(|c| (c.class, c.count, c.oldest_ns.map(u128::from)))
+        .collect())
 }
 
-/// Number of `*.json` files directly in a state directory (no reads).
+/// Number of tasks in a state: the kept counts, except `processing/` (listed: it holds one
+/// file per claimant at most).
 pub fn count_files(home: &Home, state: TaskState) -> Result<u64> {
-    Ok(store::list_json(&home.tasks_dir(state))?.len() as u64)
+    if state == TaskState::Processing {
+        return Ok(store::list_json(&home.tasks_dir(state))?.len() as u64);
+    }
+    if state == TaskState::Pending {
+        return Ok(pending_by_class(home)?.iter().map(|p| p.1).sum());
+    }
+    Ok(crate::queue::report::kept_counts(home)?
+        .values()
+        .map(|c| c.get(state))
+        .sum())
 }
 
-/// Counts by state and class. Pending from names; the other states read each file for its
-/// class, which is what Prometheus wants labelled.
+/// Counts by state and class: the queue's kept counts, and `processing/` read for each
+/// task's class (what Prometheus wants labelled). No finished task file is read.
 pub fn counts(home: &Home, now: Timestamp) -> Result<QueueCounts> {
     let mut q = QueueCounts::default();
     let now_ns = now.timestamp_nanos_opt().unwrap_or(0).max(0) as u128;
@@ -141,15 +129,28 @@ pub fn counts(home: &Home, now: Timestamp) -> Result<QueueCounts> {
                 .insert(class, now_ns.saturating_sub(ns) as f64 / 1e9);
         }
     }
-    for st in [
-        TaskState::Processing,
-        TaskState::Completed,
-        TaskState::Failed,
-    ] {
-        let m = q.by_state.entry(st.name().into()).or_default();
-        for t in tasks_in(home, st)? {
-            *m.entry(t.class).or_default() += 1;
+    for (class, c) in crate::queue::report::kept_counts(home)? {
+        for st in [
+            TaskState::Completed,
+            TaskState::Failed,
+            TaskState::Deferred,
+            TaskState::Cancelled,
+        ] {
+            let n = c.get(st);
+            if n > 0 {
+                q.by_state
+                    .entry(st.name().into())
+                    .or_default()
+                    .insert(class.clone(), n);
+            }
         }
+    }
+    for st in [TaskState::Completed, TaskState::Failed] {
+        q.by_state.entry(st.name().into()).or_default();
+    }
+    let m = q.by_state.entry("processing".into()).or_default();
+    for t in tasks_in(home, TaskState::Processing)? {
+        *m.entry(t.class).or_default() += 1;
     }
     Ok(q)
 }
@@ -214,6 +215,238 @@ pub fn jobs_per_worker(home: &Home) -> Result<Vec<WorkerJobs>> {
             .then_with(|| a.worker_id.cmp(&b.worker_id))
     });
     Ok(out)
+}
+
+/// `5s`, `12m`, `3.5h`, `2.1d`; `in 5m` for a time still to come; `-` for none.
+pub fn age(secs: Option<f64>) -> String {
+    match secs {
+        None => "-".into(),
+        Some(s) if s < 0.0 => format!("in {}", age(Some(-s))),
+        Some(s) if s < 120.0 => format!("{s:.0}s"),
+        Some(s) if s < 7200.0 => format!("{:.0}m", s / 60.0),
+        Some(s) if s < 172_800.0 => format!("{:.1}h", s / 3600.0),
+        Some(s) => format!("{:.1}d", s / 86_400.0),
+    }
+}
+
+const LIST_HEADER: [&str; 8] = [
+    "TASK",
+    "STATE",
+    "CLASS",
+    "PRIORITY",
+    "ATTEMPTS",
+    "CLAIMED_BY",
+    "AGE",
+    "NAME",
+];
+
+/// Rows of a table buffered to size its columns before streaming the rest.
+const HEAD_ROWS: usize = 200;
+/// Hex digits of the ids of rows streamed after the head: 48 bits, so even a listing of a
+/// million tasks shows each one a prefix of its own (an ambiguous one is refused with the
+/// candidates when typed, never taken for another).
+const STREAMED_HEX: usize = 12;
+
+/// Writes tasks as `task-queue list` prints them, one at a time, so a listing of a million
+/// tasks holds none of them: JSON as an array written item by item, jsonl line by line, a
+/// table whose column widths come from its first rows (a longer cell later just runs over).
+pub struct TaskListWriter<W: std::io::Write> {
+    out: W,
+    format: crate::cli::Format,
+    now: Timestamp,
+    buffered: Vec<Vec<String>>,
+    widths: Option<Vec<usize>>,
+    first: bool,
+}
+
+fn werr(e: std::io::Error) -> crate::Error {
+    crate::Error::io("cannot write to stdout", e)
+}
+
+impl<W: std::io::Write> TaskListWriter<W> {
+    /// Starts a listing (writes the opening of a JSON array).
+    pub fn new(mut out: W, format: crate::cli::Format, now: Timestamp) -> Result<Self> {
+        if format == crate::cli::Format::Json {
+            write!(out, "[").map_err(werr)?;
+        }
+        Ok(TaskListWriter {
+            out,
+            format,
+            now,
+            buffered: Vec::new(),
+            widths: None,
+            first: true,
+        })
+    }
+
+    fn row(&self, t: &crate::queue::Task) -> Vec<String> {
+        let since = match t.state {
+            TaskState::Processing => t.claimed_at,
+            TaskState::Completed => t.completed_at,
+            TaskState::Failed => t.failed_at,
+            TaskState::Cancelled => t.cancelled_at,
+            TaskState::Pending | TaskState::Deferred => {
+                Some(crate::queue::task::ns_time(t.position_ns()))
+            }
+        };
+        vec![
+            t.task_id.clone(),
+            t.state.name().into(),
+            t.class.clone(),
+            t.priority.as_str().into(),
+            format!("{}/{}", t.attempts, t.max_attempts),
+            t.claimed_by.clone().unwrap_or_else(|| "-".into()),
+            age(since.map(|s| time::secs_between(s, self.now))),
+            t.name.clone().unwrap_or_default(),
+        ]
+    }
+
+    fn line(cells: &[String], widths: &[usize]) -> String {
+        let mut s = String::new();
+        for (i, c) in cells.iter().enumerate() {
+            if i + 1 == cells.len() {
+                s.push_str(c);
+            } else {
+                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
+            }
+        }
+        s.trim_end().to_string()
+    }
+
+    /// The id cells (task, claimant) of a row, shortened: the buffered head of the table
+    /// with `lookup::short_ids` (unique among the rows shown together), rows streamed after
+    /// it with [`STREAMED_HEX`] hex digits, as the writer cannot know the rows to come.
+    fn shorten(rows: &mut [Vec<String>]) {
+        let short = crate::lookup::short_ids(
+            rows.iter()
+                .flat_map(|r| [r[0].as_str(), r[5].as_str()])
+                .collect::<Vec<&str>>(),
+        );
+        let short: std::collections::HashMap<String, String> =
+            short.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+        for r in rows.iter_mut() {
+            for i in [0, 5] {
+                if let Some(s) = short.get(&r[i]) {
+                    r[i] = s.clone();
+                }
+            }
+        }
+    }
+
+    fn start_table(&mut self) -> Result<()> {
+        Self::shorten(&mut self.buffered);
+        let mut ws: Vec<usize> = LIST_HEADER.iter().map(|h| h.len()).collect();
+        for r in &self.buffered {
+            for (i, c) in r.iter().enumerate() {
+                ws[i] = ws[i].max(c.chars().count());
+            }
+        }
+        let hdr: Vec<String> = LIST_HEADER.iter().map(|h| h.to_string()).collect();
+        writeln!(self.out, "{}", Self::line(&hdr, &ws)).map_err(werr)?;
+        for r in std::mem::take(&mut self.buffered) {
+            writeln!(self.out, "{}", Self::line(&r, &ws)).map_err(werr)?;
+        }
+        self.widths = Some(ws);
+        Ok(())
+    }
+
+    /// Writes one task.
+    pub fn write(&mut self, t: &crate::queue::Task) -> Result<()> {
+        use crate::cli::Format;
+        match self.format {
+            Format::Json => {
+                let sep = if self.first { "" } else { "," };
+                write!(self.out, "{sep}\n  {}", t.to_value()?).map_err(werr)?;
+            }
+            Format::Jsonl => writeln!(self.out, "{}", t.to_value()?).map_err(werr)?,
+            Format::Table => {
+                let mut r = self.row(t);
+                match &self.widths {
+                    Some(ws) => {
+                        for i in [0, 5] {
+                            r[i] = crate::lookup::short_id(&r[i], STREAMED_HEX);
+                        }
+                        writeln!(self.out, "{}", Self::line(&r, ws)).map_err(werr)?
+                    }
+                    None => {
+                        self.buffered.push(r);
+                        if self.buffered.len() >= HEAD_ROWS {
+                            self.start_table()?;
+                        }
+                    }
+                }
+            }
+        }
+        self.first = false;
+        Ok(())
+    }
+
+    /// Ends the listing (a short table, the closing of a JSON array) and flushes.
+    pub fn finish(mut self) -> Result<()> {
+        match self.format {
+            crate::cli::Format::Table if self.widths.is_none() => self.start_table()?,
+            crate::cli::Format::Json => {
+                writeln!(self.out, "{}]", if self.first { "" } else { "\n" }).map_err(werr)?
+            }
+            _ => {}
+        }
+        self.out.flush().map_err(werr)
+    }
+}
+
+/// The `task-queue stats` table.
+pub fn stats_table(s: &crate::queue::Stats) -> String {
+    let mut rows = Vec::new();
+    for (state, by_class) in &s.counts {
+        for (class, n) in by_class {
+            let oldest = (state == "pending")
+                .then(|| s.oldest_pending_by_class.get(class).copied())
+                .flatten();
+            rows.push(vec![
+                state.clone(),
+                class.clone(),
+                n.to_string(),
+                age(oldest),
+            ]);
+        }
+    }
+    let mut out = crate::cli::table(&["STATE", "CLASS", "COUNT", "OLDEST"], &rows);
+    let totals: Vec<String> = s.totals.iter().map(|(k, v)| format!("{k} {v}")).collect();
+    out.push_str(&format!("\ntotal: {}", totals.join(", ")));
+    out.push_str(&format!(
+        "\noldest pending: {}",
+        age(s.oldest_pending_seconds)
+    ));
+    let short = crate::lookup::short_ids(s.processing_by_worker.keys().map(String::as_str));
+    let per: Vec<String> = s
+        .processing_by_worker
+        .iter()
+        .map(|(w, n)| format!("{}:{n}", short.get(w.as_str()).unwrap_or(w)))
+        .collect();
+    out.push_str(&format!(
+        "\nprocessing per worker: {}",
+        if per.is_empty() {
+            "-".into()
+        } else {
+            per.join(", ")
+        }
+    ));
+    out.push_str(&format!(
+        "\nstuck (processing > {}s): {}",
+        s.stuck_task_seconds, s.stuck
+    ));
+    if !s.paused.is_empty() {
+        out.push_str(&format!("\npaused: {}", s.paused.join(", ")));
+    }
+    if !s.next_due_by_class.is_empty() {
+        let due: Vec<String> = s
+            .next_due_by_class
+            .iter()
+            .map(|(c, t)| format!("{c} at {t}"))
+            .collect();
+        out.push_str(&format!("\ndelayed, next due: {}", due.join(", ")));
+    }
+    out
 }
 
 #[cfg(test)]

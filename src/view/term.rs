@@ -22,9 +22,77 @@ pub fn is_tty(fd: RawFd) -> bool {
     }
 }
 
-/// Colour only on a terminal and only when `NO_COLOR` is unset or empty (no-color.org).
+/// Colour on stdout: only on a terminal, unless the environment says otherwise.
 pub fn use_colour() -> bool {
-    is_tty(libc::STDOUT_FILENO) && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    colour_for(is_tty(libc::STDOUT_FILENO))
+}
+
+/// The colour decision for an output that is (or is not) a terminal, after the environment:
+/// `NO_COLOR` (no-color.org) set and non-empty turns colour off, whatever else is set;
+/// otherwise `CLICOLOR_FORCE` set to anything but `0` turns it on even into a pipe (for
+/// `less -R`), and `CLICOLOR=0` turns it off on a terminal (the bixense convention).
+pub fn colour_for(tty: bool) -> bool {
+    colour_decision(
+        tty,
+        std::env::var_os("NO_COLOR").as_deref(),
+        std::env::var_os("CLICOLOR_FORCE").as_deref(),
+        std::env::var_os("CLICOLOR").as_deref(),
+    )
+}
+
+fn colour_decision(
+    tty: bool,
+    no_color: Option<&std::ffi::OsStr>,
+    force: Option<&std::ffi::OsStr>,
+    clicolor: Option<&std::ffi::OsStr>,
+) -> bool {
+    if no_color.is_some_and(|v| !v.is_empty()) {
+        return false;
+    }
+    if force.is_some_and(|v| !v.is_empty() && v != "0") {
+        return true;
+    }
+    tty && clicolor.is_none_or(|v| v != "0")
+}
+
+/// Shows text that came from a worker or a task without letting it drive the terminal:
+/// every control character (C0 except newline and tab, DEL, C1) is written as a visible
+/// escape (`\x1b`, `\r`), so a worker cannot move the cursor, recolour, retitle or hide
+/// lines of an operator's screen. Newlines and tabs are kept; see [`escape_line`] for
+/// single-line cells.
+pub fn escape(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_with(s, true)
+}
+
+/// [`escape`] for text that must stay on one line (table cells): newlines and tabs are
+/// escaped too.
+pub fn escape_line(s: &str) -> std::borrow::Cow<'_, str> {
+    escape_with(s, false)
+}
+
+fn escape_with(s: &str, keep_lines: bool) -> std::borrow::Cow<'_, str> {
+    let bad = |c: char| {
+        let control = c.is_control();
+        control && !(keep_lines && (c == '\n' || c == '\t'))
+    };
+    if !s.chars().any(bad) {
+        return std::borrow::Cow::Borrowed(s);
+    }
+    let mut out = String::with_capacity(s.len() + 8);
+    for c in s.chars() {
+        if !bad(c) {
+            out.push(c);
+            continue;
+        }
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\t' => out.push_str("\\t"),
+            '\r' => out.push_str("\\r"),
+            c if (c as u32) < 0x100 => out.push_str(&format!("\\x{:02x}", c as u32)),
+            c => out.push_str(&format!("\\u{{{:x}}}", c as u32)),
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 /// (columns, rows) of the terminal on stdout, else `$COLUMNS`/`$LINES`, else `None`.
@@ -129,10 +197,12 @@ pub fn render_table(
     shrink: &[usize],
     colour: bool,
 ) -> String {
+    // Cells may hold worker or task text: escaped before anything is measured or drawn
+    // (a clean cell, nearly all of them, is borrowed, not copied).
     let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
     for r in rows {
         for (i, c) in r.iter().enumerate().take(widths.len()) {
-            widths[i] = widths[i].max(c.text.chars().count());
+            widths[i] = widths[i].max(escape_line(&c.text).chars().count());
         }
     }
     if let Some(max) = max_width {
@@ -170,7 +240,11 @@ pub fn render_table(
     };
     line(&mut header.iter().map(|h| (h.to_string(), None)));
     for r in rows {
-        line(&mut r.iter().map(|c| (c.text.clone(), c.colour)));
+        line(
+            &mut r
+                .iter()
+                .map(|c| (escape_line(&c.text).into_owned(), c.colour)),
+        );
     }
     out.pop();
     out
@@ -250,6 +324,40 @@ mod tests {
         assert!(plain.chars().count() <= 45, "{plain}");
         assert!(plain.ends_with('…'));
         assert!(narrow.contains("\x1b[32mhealthy\x1b[0m"));
+    }
+
+    #[test]
+    fn worker_text_cannot_drive_the_terminal() {
+        assert_eq!(escape("plain\ttext\n"), "plain\ttext\n");
+        assert_eq!(
+            escape("\x1b[2Jwiped\rover\x07\u{9b}31m"),
+            "\\x1b[2Jwiped\\rover\\x07\\x9b31m"
+        );
+        assert_eq!(escape_line("two\nlines\tx"), "two\\nlines\\tx");
+        assert!(matches!(escape("ok"), std::borrow::Cow::Borrowed(_)));
+        let rows = vec![vec![Cell::from("\x1b]0;pwned\x07")]];
+        let t = render_table(&["MESSAGE"], &rows, None, &[], true);
+        assert!(!t.contains('\x1b') && !t.contains('\x07'), "{t:?}");
+    }
+
+    #[test]
+    fn colour_follows_the_terminal_and_the_environment() {
+        use std::ffi::OsStr;
+        let s = |v: &'static str| Some(OsStr::new(v));
+        assert!(colour_decision(true, None, None, None));
+        assert!(!colour_decision(false, None, None, None));
+        assert!(!colour_decision(true, s("1"), None, None), "NO_COLOR");
+        assert!(
+            colour_decision(true, s(""), None, None),
+            "empty NO_COLOR is unset"
+        );
+        assert!(colour_decision(false, None, s("1"), None), "CLICOLOR_FORCE");
+        assert!(!colour_decision(false, None, s("0"), None));
+        assert!(
+            !colour_decision(false, s("1"), s("1"), None),
+            "NO_COLOR wins"
+        );
+        assert!(!colour_decision(true, None, None, s("0")), "CLICOLOR=0");
     }
 
     #[test]

@@ -49,6 +49,8 @@ pub struct Dashboard {
     queue: QueueProgress,
     current: HashMap<String, (String, Option<Timestamp>)>,
     budget: Option<crate::budget::Budget>,
+    /// Shown on top while no monitor watches the home (checked at every full reload).
+    banner: Option<String>,
     opts: Options,
 }
 
@@ -68,6 +70,7 @@ impl Dashboard {
             queue: QueueProgress::default(),
             current: HashMap::new(),
             budget: None,
+            banner: None,
             opts,
         };
         for l in last {
@@ -80,12 +83,16 @@ impl Dashboard {
     fn push_event(&mut self, line: &[u8]) {
         if let Some(e) = LightEvent::parse(line) {
             let ts = e.timestamp.get(11..19).unwrap_or(&e.timestamp).to_string();
-            let s = format!(
+            let s = term::escape_line(&format!(
                 "{ts}  {:<24}  {}  {}",
                 e.kind,
-                e.worker_id.as_deref().unwrap_or("-"),
+                e.worker_id
+                    .as_deref()
+                    .map(|w| crate::lookup::short_id(w, crate::lookup::MIN_HEX))
+                    .unwrap_or_else(|| "-".into()),
                 e.message.as_deref().unwrap_or("")
-            );
+            ))
+            .into_owned();
             if self.events.len() == EVENTS_KEPT {
                 self.events.pop_front();
             }
@@ -106,6 +113,7 @@ impl Dashboard {
             crate::store::list_json(&self.home.specs_dir(StateDir::Completed))?.len() as u64;
         self.refresh_queue()?;
         self.budget = crate::budget::read(&self.home).ok();
+        self.banner = crate::status::stale_warning(&self.home);
         Ok(())
     }
 
@@ -194,6 +202,13 @@ impl Dashboard {
             self.home.root().display(),
             time::format(&now)
         )));
+        if let Some(b) = &self.banner {
+            lines.push(if c {
+                Colour::Yellow.paint(b)
+            } else {
+                b.clone()
+            });
+        }
         let mut by_status: BTreeMap<&str, u64> = [
             "pending",
             "running",
@@ -276,28 +291,49 @@ impl Dashboard {
         let total = shown.len();
         shown.sort_unstable_by(|a, b| workers::compare(a, b, self.opts.sort, now));
         let cap = room.saturating_sub(1);
+        let fits = if total > cap {
+            cap.saturating_sub(1)
+        } else {
+            cap
+        };
+        // Short ids of the rows on screen only: a redraw stays cheap with 10k workers.
+        let on_screen = &shown[..fits.min(shown.len())];
+        let short = crate::lookup::short_ids(
+            on_screen
+                .iter()
+                .map(|r| r.worker_id.as_str())
+                .chain(
+                    on_screen
+                        .iter()
+                        .filter_map(|r| self.current.get(&r.worker_id).map(|(t, _)| t.as_str())),
+                )
+                .chain(on_screen.iter().filter_map(|r| r.task_id.as_deref())),
+        );
+        let show = |id: &str| short.get(id).cloned().unwrap_or_else(|| id.to_string());
         let cells: Vec<Vec<Cell>> = shown
             .iter()
-            .take(if total > cap {
-                cap.saturating_sub(1)
-            } else {
-                cap
-            })
+            .take(fits)
             .map(|r| {
                 let (task, since) = match self.current.get(&r.worker_id) {
-                    Some((t, at)) => (t.clone(), *at),
-                    None => (r.task_id.clone().unwrap_or_else(|| "-".into()), None),
+                    Some((t, at)) => (show(t), *at),
+                    None => (
+                        r.task_id.as_deref().map(show).unwrap_or_else(|| "-".into()),
+                        None,
+                    ),
                 };
                 let elapsed = since
                     .map(|t| super::secs_between(t, now))
                     .or(r.uptime_seconds);
                 vec![
-                    Cell::from(r.worker_id.as_str()),
+                    Cell::from(show(&r.worker_id)),
                     Cell::from(r.worker_type.as_str()),
                     Cell::from(r.status.as_str()),
-                    Cell {
-                        text: r.health_score.to_string(),
-                        colour: term::health_colour(&r.health),
+                    match &r.verdict {
+                        Some(_) => workers::health_cell(r),
+                        None => Cell {
+                            text: r.health_score.map(|s| s.to_string()).unwrap_or_default(),
+                            colour: term::health_colour(&r.health),
+                        },
                     },
                     Cell::from(task),
                     Cell::from(
@@ -378,21 +414,16 @@ fn watch_paths(home: &Home) -> Vec<(PathBuf, notify::RecursiveMode)> {
 
 /// Runs the dashboard until q, Ctrl-C, or SIGTERM.
 pub fn run(home: &Home, opts: Options) -> Result<()> {
-    use nix::sys::signal::{SigSet, Signal};
+    use nix::sys::signal::Signal;
     use notify::Watcher;
     let interval = opts.interval.max(Duration::from_millis(100));
     // Blocked before any thread starts, so only the sigwait thread ever receives them.
-    let mut set = SigSet::empty();
-    for s in [
+    let set = crate::process::signals::block(&[
         Signal::SIGINT,
         Signal::SIGTERM,
         Signal::SIGHUP,
         Signal::SIGWINCH,
-    ] {
-        set.add(s);
-    }
-    set.thread_block()
-        .map_err(|e| Error::Internal(format!("cannot block signals: {e}")))?;
+    ])?;
     let mut dash = Dashboard::new(home, opts)?;
     let (tx, rx) = mpsc::channel::<Msg>();
     {

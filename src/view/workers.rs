@@ -27,9 +27,14 @@ pub struct WorkerRow {
     /// The state directory the spec was found in.
     pub state_dir: StateDir,
     /// healthy | degraded | unhealthy | unresponsive (as written by the monitor, else derived
-    /// from the score).
+    /// from the score) for a live worker; for a dead one (failed, zombie, completed, or any
+    /// archived worker) its status, since a last health score says nothing about it.
     pub health: String,
-    pub health_score: u32,
+    /// The last score for a live worker; null for a dead one.
+    pub health_score: Option<u32>,
+    /// How a dead worker ended (`failed: exit 1`, `zombie: SIGKILL`, `completed`); null while
+    /// it lives.
+    pub verdict: Option<String>,
     #[serde(with = "time::serde_ts::option")]
     pub last_seen: Option<Timestamp>,
     /// Seconds since the last beat; null before the first beat.
@@ -74,6 +79,8 @@ struct RawSpec {
     heartbeat: Option<RawBeat>,
     #[serde(default)]
     process: Option<RawProcess>,
+    #[serde(default)]
+    exit: Option<RawExit>,
     created_at: Option<String>,
     started_at: Option<String>,
     completed_at: Option<String>,
@@ -98,6 +105,36 @@ struct RawBeat {
 #[derive(Debug, Deserialize, Default)]
 struct RawProcess {
     execution_mode: Option<String>,
+}
+
+#[derive(Debug, Deserialize, Default)]
+struct RawExit {
+    code: Option<i64>,
+    signal: Option<i64>,
+}
+
+/// True for a worker that has ended: its spec left `active/`, or says it ended.
+pub fn is_dead(dir: StateDir, status: &str) -> bool {
+    dir != StateDir::Active || matches!(status, "completed" | "failed" | "zombie")
+}
+
+/// The verdict on a dead worker: its status, and how its process ended when known.
+fn verdict(status: &str, exit: Option<&RawExit>) -> String {
+    let how = exit.and_then(|e| match (e.code, e.signal) {
+        (_, Some(sig)) => Some(
+            i32::try_from(sig)
+                .ok()
+                .and_then(|s| nix::sys::signal::Signal::try_from(s).ok())
+                .map(|s| s.as_str().to_string())
+                .unwrap_or_else(|| format!("signal {sig}")),
+        ),
+        (Some(code), None) => Some(format!("exit {code}")),
+        (None, None) => None,
+    });
+    match how {
+        Some(h) => format!("{status}: {h}"),
+        None => status.to_string(),
+    }
 }
 
 fn ts(s: Option<&str>) -> Option<Timestamp> {
@@ -134,6 +171,10 @@ impl RawSpec {
             process: Some(RawProcess {
                 execution_mode: s("/process/execution_mode"),
             }),
+            exit: Some(RawExit {
+                code: v.pointer("/exit/code").and_then(Value::as_i64),
+                signal: v.pointer("/exit/signal").and_then(Value::as_i64),
+            }),
             created_at: s("/created_at"),
             started_at: s("/started_at"),
             completed_at: s("/completed_at"),
@@ -152,6 +193,8 @@ impl RawSpec {
         let (used, allocated) = (tokens.used.unwrap_or(0), tokens.allocated.unwrap_or(0));
         let live = dir == StateDir::Active;
         let end = if live { Some(now) } else { completed_at };
+        let status = self.status.unwrap_or_else(|| "unknown".into());
+        let dead = is_dead(dir, &status);
         let uptime = match (started_at.or(created_at), end) {
             (Some(a), Some(b)) => Some(super::secs_between(a, b)),
             _ => None,
@@ -159,15 +202,17 @@ impl RawSpec {
         WorkerRow {
             worker_id: self.worker_id.unwrap_or_else(|| file_id.to_string()),
             worker_type: self.worker_type.unwrap_or_else(|| "unknown".into()),
-            status: self.status.unwrap_or_else(|| "unknown".into()),
             state_dir: dir,
             // The score decides the band; only "unresponsive" (set once a worker is
-            // critical) says more than the score can.
+            // critical) says more than the score can. A dead worker has no health.
             health: match beat.health {
+                _ if dead => status.clone(),
                 Some(h) if h == "unresponsive" => h,
                 _ => crate::spec::health_band(score).to_string(),
             },
-            health_score: score,
+            health_score: (!dead).then_some(score),
+            verdict: dead.then(|| verdict(&status, self.exit.as_ref())),
+            status,
             heartbeat_age_seconds: last_seen.map(|t| super::secs_between(t, now)),
             last_seen,
             tokens_used: used,
@@ -448,6 +493,7 @@ pub fn compare(a: &WorkerRow, b: &WorkerRow, key: SortKey, now: Timestamp) -> st
     let by_id = a.worker_id.cmp(&b.worker_id);
     match key {
         SortKey::Id => by_id,
+        // Dead workers (no score) first, then the least healthy.
         SortKey::Health => a.health_score.cmp(&b.health_score).then(by_id),
         SortKey::Tokens => b
             .tokens_percent
@@ -463,25 +509,52 @@ pub fn sort(rows: &mut [WorkerRow], key: SortKey, now: Timestamp) {
     rows.sort_unstable_by(|a, b| compare(a, b, key, now));
 }
 
-/// The list table: id, type, status, health, beat age, tokens, task, pid, uptime.
+/// The HEALTH cell: band and score for a live worker, the verdict for a dead one.
+pub fn health_cell(r: &WorkerRow) -> Cell {
+    match (&r.verdict, r.health_score) {
+        (Some(v), _) => Cell {
+            text: v.clone(),
+            colour: status_colour(&r.status),
+        },
+        (None, score) => Cell {
+            text: format!(
+                "{} {}",
+                r.health,
+                score.map(|s| s.to_string()).unwrap_or_default()
+            ),
+            colour: term::health_colour(&r.health),
+        },
+    }
+}
+
+/// Short forms of the worker and task ids of `rows`, for tables (see `crate::lookup`).
+pub fn short_ids(rows: &[WorkerRow]) -> std::collections::HashMap<&str, String> {
+    crate::lookup::short_ids(
+        rows.iter()
+            .map(|r| r.worker_id.as_str())
+            .chain(rows.iter().filter_map(|r| r.task_id.as_deref())),
+    )
+}
+
+/// The list table: id, type, status, health, beat age, tokens, task, pid, uptime. Ids are
+/// shown in their short form, which every command accepts back.
 pub fn table(rows: &[WorkerRow], width: Option<usize>, colour: bool) -> String {
     let header = [
         "ID", "TYPE", "STATUS", "HEALTH", "BEAT", "TOKENS", "TASK", "PID", "UPTIME",
     ];
+    let short = short_ids(rows);
+    let show = |id: &str| short.get(id).cloned().unwrap_or_else(|| id.to_string());
     let cells: Vec<Vec<Cell>> = rows
         .iter()
         .map(|r| {
             vec![
-                Cell::from(r.worker_id.as_str()),
+                Cell::from(show(&r.worker_id)),
                 Cell::from(r.worker_type.as_str()),
                 Cell {
                     text: r.status.clone(),
                     colour: status_colour(&r.status),
                 },
-                Cell {
-                    text: format!("{} {}", r.health, r.health_score),
-                    colour: term::health_colour(&r.health),
-                },
+                health_cell(r),
                 Cell::from(
                     r.heartbeat_age_seconds
                         .map(|s| format!("{} ago", super::human_duration(s)))
@@ -492,7 +565,7 @@ pub fn table(rows: &[WorkerRow], width: Option<usize>, colour: bool) -> String {
                     short_count(r.tokens_used),
                     short_count(r.tokens_allocated)
                 )),
-                Cell::from(r.task_id.clone().unwrap_or_else(|| "-".into())),
+                Cell::from(r.task_id.as_deref().map(show).unwrap_or_else(|| "-".into())),
                 Cell::from(r.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into())),
                 Cell::from(
                     r.uptime_seconds
@@ -506,7 +579,8 @@ pub fn table(rows: &[WorkerRow], width: Option<usize>, colour: bool) -> String {
     term::render_table(&header, &cells, width, &[6, 1, 0], colour)
 }
 
-fn status_colour(status: &str) -> Option<Colour> {
+/// The colour of a status (red for failures, yellow for transitions, dim when done).
+pub fn status_colour(status: &str) -> Option<Colour> {
     match status {
         "failed" | "zombie" => Some(Colour::Red),
         "shutting_down" | "pending" => Some(Colour::Yellow),
@@ -554,8 +628,56 @@ mod tests {
         assert_eq!(r.pid, None);
         assert_eq!(r.health, "unhealthy");
         assert_eq!(r.heartbeat_age_seconds, Some(60.0));
+        assert_eq!((r.health_score, r.verdict.as_deref()), (Some(40), None));
         assert!(row_from_bytes(b"[1]", StateDir::Active, "w1", now()).is_none());
         assert!(row_from_bytes(b"{", StateDir::Active, "w1", now()).is_none());
+    }
+
+    #[test]
+    fn dead_workers_show_their_verdict_not_a_health_score() {
+        let spec = |status: &str, exit: &str| {
+            format!(
+                r#"{{"worker_id":"w1","worker_type":"t","status":"{status}","exit":{exit},
+                "heartbeat":{{"health_score":100,"health":"healthy"}}}}"#
+            )
+        };
+        let row = |dir, status: &str, exit: &str| {
+            row_from_bytes(spec(status, exit).as_bytes(), dir, "w1", now()).unwrap()
+        };
+        let z = row(
+            StateDir::Zombie,
+            "failed",
+            r#"{"code":null,"signal":9,"reason":"x","at":"2026-11-22T10:00:00Z"}"#,
+        );
+        assert_eq!(z.verdict.as_deref(), Some("failed: SIGKILL"));
+        assert_eq!((z.health.as_str(), z.health_score), ("failed", None));
+        let c = row(StateDir::Completed, "completed", r#"{"code":0}"#);
+        assert_eq!(c.verdict.as_deref(), Some("completed: exit 0"));
+        let a = row(StateDir::Archived, "zombie", "null");
+        assert_eq!(a.verdict.as_deref(), Some("zombie"));
+        let t = table(&[z, c, a], None, false);
+        assert!(!t.contains("healthy"), "{t}");
+        assert!(
+            t.contains("failed: SIGKILL") && t.contains("completed: exit 0"),
+            "{t}"
+        );
+        let live = row(StateDir::Active, "running", "null");
+        assert_eq!(health_cell(&live).text, "healthy 100");
+    }
+
+    #[test]
+    fn tables_show_short_ids_json_keeps_them_whole() {
+        let id = "worker-implementation-20261122T101500Z-7f3a9c01d2e4b5a6";
+        let b = format!(
+            r#"{{"worker_id":"{id}","worker_type":"implementation-worker","status":"running",
+            "task_id":"task-20261122T101500Z-aaaabbbbccccdddd"}}"#
+        );
+        let r = row_from_bytes(b.as_bytes(), StateDir::Active, id, now()).unwrap();
+        let t = table(std::slice::from_ref(&r), None, false);
+        assert!(t.contains("implementation-7f3a9c01 "), "{t}");
+        assert!(t.contains("task-aaaabbbb"), "{t}");
+        assert!(!t.contains(id));
+        assert_eq!(serde_json::to_value(&r).unwrap()["worker_id"], id);
     }
 
     #[test]

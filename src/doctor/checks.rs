@@ -1,0 +1,146 @@
+//! The doctor's checks beyond the state directories: configuration, the monitor, who can
+//! reach the home, and pending task files.
+
+use super::Finding;
+use crate::error::Result;
+use crate::home::{Home, StateDir};
+use crate::spec::{self, Status};
+
+/// The policy as the monitor loads it (file, then `CORRAL_HEARTBEAT__…`), so doctor refuses
+/// exactly what would stop the monitor. One line to change when the monitor's loader moves.
+pub fn monitor_policy(home: &Home) -> Result<crate::policy::HeartbeatPolicy> {
+    crate::liveness::effective_policy(home, &[])
+}
+
+/// Records a hand move: the status becomes what the directory means, the spec stays.
+pub fn record_hand_move(home: &Home, id: &str, dir: StateDir) -> Result<String> {
+    let _g = spec::lock(home, id)?;
+    let Some((now_dir, path)) = spec::locate(home, id) else {
+        return Ok("already gone".into());
+    };
+    if now_dir != dir {
+        return Ok(format!("moved on to {}/ meanwhile", now_dir.name()));
+    }
+    let mut s = spec::read(&path)?;
+    let to = Status::Completed;
+    if s.status.fits(dir) {
+        return Ok(format!("status is {} already", s.status));
+    }
+    let now = crate::time::now();
+    let from = s.status;
+    s.set_status(to, &format!("moved to {}/ by hand", dir.name()), now);
+    if to == Status::Completed && s.completed_at.is_none() {
+        s.completed_at = Some(now);
+    }
+    s.normalize(now);
+    spec::save(home, dir, &s)?;
+    Ok(format!("status {from} -> {to}, left in {}/", dir.name()))
+}
+
+/// The policy (through the monitor's loader) and the worker types.
+pub fn config(home: &Home) -> Vec<Finding> {
+    let mut out = Vec::new();
+    if let Err(e) = monitor_policy(home) {
+        out.push(Finding {
+            kind: "invalid_policy",
+            path: home.policy_path().display().to_string(),
+            detail: format!("heartbeat-monitor would refuse to start: {e}"),
+            fixed: None,
+        });
+    }
+    match crate::policy::WorkerTypes::load(home) {
+        Err(e) => out.push(Finding {
+            kind: "invalid_worker_types",
+            path: home.worker_types_path().display().to_string(),
+            detail: format!("spawn-worker and restarts would fail: {e}"),
+            fixed: None,
+        }),
+        Ok(types) => {
+            for (name, t) in &types.types {
+                for w in crate::worker_types::warnings(name, t) {
+                    out.push(Finding {
+                        kind: "worker_type",
+                        path: home.worker_types_path().display().to_string(),
+                        detail: w,
+                        fixed: None,
+                    });
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A monitor that is not watching while launched workers are active (their exit would go
+/// unnoticed and their health would never change).
+pub fn monitor(home: &Home, launched_active: u64) -> Vec<Finding> {
+    if launched_active == 0 {
+        return Vec::new();
+    }
+    let m = crate::status::monitor_state(home, crate::time::now());
+    if m.watching {
+        return Vec::new();
+    }
+    vec![Finding {
+        kind: if m.stalled {
+            "monitor_stalled"
+        } else {
+            "monitor_not_running"
+        },
+        path: home.named_lock("heartbeat-monitor").display().to_string(),
+        detail: if m.stalled {
+            format!(
+                "the heartbeat monitor holds its lock but finished no pass for {:.0}s, with {launched_active} launched worker(s) active",
+                m.last_pass_age_seconds.unwrap_or(0.0)
+            )
+        } else {
+            format!(
+                "no heartbeat-monitor is running ({}) while {launched_active} launched worker(s) are active: deaths go unnoticed (start heartbeat-monitor)",
+                m.evidence
+            )
+        },
+        fixed: None,
+    }]
+}
+
+/// What users outside the owner and the home's group can reach (DESIGN §10).
+pub fn exposure(home: &Home, fix: bool) -> Result<Vec<Finding>> {
+    let mut out = Vec::new();
+    for e in crate::perms::exposed(home)? {
+        let mut f = Finding {
+            kind: "exposed",
+            path: e.path.display().to_string(),
+            detail: format!(
+                "others can {} it (mode {:04o}): whoever can write a home runs commands as its monitor, and specs, tasks and logs may hold secrets",
+                e.others_can.join(", "),
+                e.mode
+            ),
+            fixed: None,
+        };
+        if fix {
+            crate::perms::close(home, &e)?;
+            f.fixed = Some(if e.path == home.root() {
+                "others' write permission removed".into()
+            } else {
+                "others' permissions removed".into()
+            });
+        }
+        out.push(f);
+    }
+    Ok(out)
+}
+
+/// The queue's own consistency check (`queue::check`): malformed or misnamed pending
+/// files, name/content mismatches, ids in two places, unrecorded claims, drifted counts.
+/// One implementation, so the doctor and the queue never disagree about a task file.
+pub fn pending_tasks(home: &Home, fix: bool) -> Result<Vec<Finding>> {
+    Ok(crate::queue::check(home, fix)?
+        .into_iter()
+        .map(|f| Finding {
+            kind: f.kind,
+            path: f.path,
+            detail: f.detail,
+            fixed: f.fixed,
+        })
+        .collect())
+}

@@ -1,0 +1,239 @@
+//! Dependencies (`enqueue --after ID…`), as RQ's `depends_on`: a task waits in `deferred/`
+//! until every task it names has completed, then goes to pending (`task_released`); if one
+//! of them is dead-lettered or cancelled instead, it is dead-lettered too, with the reason,
+//! and so are the tasks waiting for it.
+//!
+//! Who releases it: whoever ends a dependency (complete, fail, cancel, maintenance) looks in
+//! `tasks/.deps/<dependency>/`, which holds one empty file per waiting task. The enqueue
+//! writes those markers *before* its last look at the dependencies, and an ending writes its
+//! final state *before* it reads the markers, so at least one of the two sees the other; a
+//! crash in between is caught by maintenance, which settles every marker directory whose
+//! dependency has ended.
+
+use super::counts::{self, Delta};
+use super::layout::{self, deps_dir, read_task, state_path};
+use super::moves::{self, emit};
+use super::task::{Task, MAX_ERROR_BYTES};
+use crate::error::{IoContext, Result};
+use crate::events::EventType;
+use crate::home::{Home, TaskState};
+use crate::store::ReadError;
+
+/// Where a task's dependencies stand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DepState {
+    /// All completed.
+    Ready,
+    /// Some are still pending, deferred or processing.
+    Waiting,
+    /// One was dead-lettered or cancelled (or vanished): the reason.
+    Dead(String),
+    /// One does not exist (only checked at enqueue).
+    Missing(String),
+}
+
+/// Judges `after`. With `verify`, a dependency in no terminal state must exist somewhere
+/// (pending is searched); without, it is taken to be on its way.
+pub fn check(home: &Home, after: &[String], verify: bool) -> Result<DepState> {
+    let mut waiting = false;
+    for d in after {
+        if state_path(home, TaskState::Completed, d).exists() {
+            continue;
+        }
+        if state_path(home, TaskState::Failed, d).exists() {
+            return Ok(DepState::Dead(format!("dependency {d} was dead-lettered")));
+        }
+        if state_path(home, TaskState::Cancelled, d).exists() {
+            return Ok(DepState::Dead(format!("dependency {d} was cancelled")));
+        }
+        if verify && moves::locate(home, d)?.is_none() {
+            return Ok(DepState::Missing(d.clone()));
+        }
+        waiting = true;
+    }
+    Ok(if waiting {
+        DepState::Waiting
+    } else {
+        DepState::Ready
+    })
+}
+
+/// Writes a marker per dependency of a deferred task.
+pub fn add_markers(home: &Home, task: &Task) -> Result<()> {
+    for d in &task.after {
+        let dir = deps_dir(home).join(d);
+        std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+        let m = dir.join(&task.task_id);
+        std::fs::write(&m, b"").ctx("write", &m)?;
+        moves::sync_dir(&dir)?;
+    }
+    Ok(())
+}
+
+fn drop_markers(home: &Home, task: &Task) {
+    for d in &task.after {
+        let dir = deps_dir(home).join(d);
+        let _ = std::fs::remove_file(dir.join(&task.task_id));
+        let _ = std::fs::remove_dir(&dir);
+    }
+}
+
+/// Re-judges one deferred task under its lock: to pending when ready, to failed when a
+/// dependency died; nothing while it waits. Returns the state it ended in.
+pub fn settle(home: &Home, id: &str) -> Result<Option<TaskState>> {
+    let ended = {
+        let _g = moves::task_lock(home, id)?;
+        let path = state_path(home, TaskState::Deferred, id);
+        let mut task = match read_task(&path) {
+            Ok(t) => t,
+            Err(ReadError::Missing) => return Ok(None),
+            Err(ReadError::Refused(why)) => {
+                moves::quarantine(home, &path, &why);
+                return Ok(None);
+            }
+            Err(ReadError::Io(e)) => return Err(e),
+        };
+        let now = crate::time::now();
+        match check(home, &task.after, false)? {
+            DepState::Waiting => return Ok(Some(TaskState::Deferred)),
+            DepState::Ready | DepState::Missing(_) => {
+                task.transition(TaskState::Pending, None, "dependencies completed", now);
+                let dest = moves::move_out(home, &path, &mut task)?;
+                counts::add(
+                    home,
+                    &task.class,
+                    &Delta::moved(Some(TaskState::Deferred), Some(TaskState::Pending)),
+                );
+                emit(
+                    home,
+                    super::task_event(
+                        EventType::TaskReleased,
+                        &task,
+                        format!("{id} released: {} completed", task.after.join(", ")),
+                    )
+                    .with("after", task.after.clone()),
+                );
+                tracing::debug!("released {id} to {}", dest.display());
+                drop_markers(home, &task);
+                return Ok(Some(TaskState::Pending));
+            }
+            DepState::Dead(why) => {
+                dead_letter_held(home, &path, &mut task, &why, now)?;
+                task
+            }
+        }
+    };
+    // Outside the lock: its own dependents die with it.
+    release_dependents(home, &ended.task_id)?;
+    Ok(Some(TaskState::Failed))
+}
+
+/// Called after task `id` ended (completed, dead-lettered, cancelled): settles every task
+/// waiting for it.
+pub fn release_dependents(home: &Home, id: &str) -> Result<()> {
+    let dir = deps_dir(home).join(id);
+    let names = layout::list_names(&dir)?;
+    for dependent in names {
+        if crate::id::validate("task", &dependent).is_err() {
+            continue;
+        }
+        match settle(home, &dependent) {
+            Ok(Some(TaskState::Deferred)) => {}
+            Ok(_) => {
+                let _ = std::fs::remove_file(dir.join(&dependent));
+            }
+            Err(e) => tracing::warn!("cannot settle {dependent} (after {id}): {e}"),
+        }
+    }
+    let _ = std::fs::remove_dir(&dir);
+    Ok(())
+}
+
+/// Maintenance: settles the waiting tasks of every dependency that has ended (a crash may
+/// have stopped the ending's own release). Cost: one `stat` per awaited dependency.
+pub fn sweep(home: &Home) -> Result<u64> {
+    let mut n = 0;
+    for dep in layout::list_names(&deps_dir(home))? {
+        if crate::id::validate("task", &dep).is_err() {
+            continue;
+        }
+        let ended = [
+            TaskState::Completed,
+            TaskState::Failed,
+            TaskState::Cancelled,
+        ]
+        .iter()
+        .any(|st| state_path(home, *st, &dep).exists());
+        let dir = deps_dir(home).join(&dep);
+        if ended {
+            release_dependents(home, &dep)?;
+            n += 1;
+        } else if layout::list_names(&dir)?.is_empty() {
+            let _ = std::fs::remove_dir(&dir);
+        } else if moves::locate(home, &dep)?.is_none() {
+            // Purged, or never enqueued: the waiting tasks can never run.
+            for d in layout::list_names(&dir)? {
+                if let Err(e) =
+                    dead_letter_deferred(home, &d, &format!("dependency {dep} no longer exists"))
+                {
+                    tracing::warn!("cannot dead-letter {d}: {e}");
+                }
+                let _ = std::fs::remove_file(dir.join(&d));
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+    Ok(n)
+}
+
+/// Dead-letters the deferred `task` read from `path` (its lock held by the caller): to
+/// `failed/` with `why`, counted, its event, its markers dropped.
+fn dead_letter_held(
+    home: &Home,
+    path: &std::path::Path,
+    task: &mut Task,
+    why: &str,
+    now: crate::time::Timestamp,
+) -> Result<()> {
+    task.set_error(why.to_string(), MAX_ERROR_BYTES);
+    task.failed_at = Some(now);
+    task.transition(TaskState::Failed, None, why, now);
+    moves::move_out(home, path, task)?;
+    counts::add(
+        home,
+        &task.class,
+        &Delta::moved(Some(TaskState::Deferred), Some(TaskState::Failed)),
+    );
+    emit(
+        home,
+        super::task_event(
+            EventType::TaskDeadLettered,
+            task,
+            format!("{} dead-lettered: {why}", task.task_id),
+        )
+        .with("reason", why),
+    );
+    drop_markers(home, task);
+    Ok(())
+}
+
+fn dead_letter_deferred(home: &Home, id: &str, why: &str) -> Result<()> {
+    crate::id::validate("task", id)?;
+    let task = {
+        let _g = moves::task_lock(home, id)?;
+        let path = state_path(home, TaskState::Deferred, id);
+        let mut task = match read_task(&path) {
+            Ok(t) => t,
+            Err(ReadError::Missing) => return Ok(()),
+            Err(e) => return Err(e.into_error(&path)),
+        };
+        dead_letter_held(home, &path, &mut task, why, crate::time::now())?;
+        task
+    };
+    release_dependents(home, &task.task_id)
+}
+
+/// A deferred task's file, for `cancel`.
+pub fn deferred_path(home: &Home, id: &str) -> std::path::PathBuf {
+    state_path(home, TaskState::Deferred, id)
+}

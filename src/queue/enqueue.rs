@@ -1,0 +1,676 @@
+//! Adding tasks: one at a time (`enqueue`), or many from JSON lines (`enqueue --jsonl`).
+//!
+//! One task is staged in `.tmp/`, synced, renamed into its bucket and the bucket synced: it
+//! appears whole or not at all, and survives a power cut once the call returns. A bulk load
+//! does the same per batch of tasks with two `syncfs` calls instead of two syncs per task (a
+//! batch grows with what a sync costs: [`STAGE_PER_SYNC`], between [`MIN_BATCH`] and
+//! [`BATCH`] tasks) — every staged file is synced before any of them is renamed into place,
+//! so each task is still atomic — and logs one `task_enqueued` per batch.
+
+use super::counts::{self, Delta};
+use super::deps::{self, DepState};
+use super::ids;
+use super::layout::{self, check_real_dir, class_dir, pending_root, state_path};
+use super::moves::{self, emit, Durability};
+use super::task::{time_ns, Task, DEFAULT_MAX_ATTEMPTS, MAX_TASK_BYTES};
+use crate::error::{Error, Result};
+use crate::events::{Event, EventType};
+use crate::home::{Home, TaskState};
+use crate::spec::Priority;
+use crate::time::{self, Timestamp};
+use serde_json::Value;
+use std::io::BufRead;
+use std::path::PathBuf;
+
+/// Most tasks in one bulk batch (one pair of syncs, one event).
+pub const BATCH: usize = 16_384;
+
+/// Fewest tasks in a bulk batch that ends before [`BATCH`] (or the input) does.
+pub const MIN_BATCH: usize = 256;
+
+/// Most bytes of task files staged in one batch.
+const BATCH_BYTES: usize = 64 << 20;
+
+/// A batch ends once staging it took this many times what the last batch's two syncs took:
+/// `syncfs` writes out everything dirty on the filesystem, other processes' data included,
+/// so on a busy machine a sync costs far more than the files it is for, and a fixed batch
+/// size spent much of a load waiting for syncs. This keeps the syncs near a ninth of it.
+const STAGE_PER_SYNC: u32 = 8;
+
+/// What to enqueue.
+#[derive(Debug, Clone)]
+pub struct EnqueueRequest {
+    pub class: String,
+    pub priority: Priority,
+    pub name: Option<String>,
+    /// Explicit id (unique across all states, exit 5 on a duplicate); `None` generates one,
+    /// unique by construction.
+    pub id: Option<String>,
+    pub payload: Value,
+    pub max_attempts: Option<u32>,
+    /// Not claimable before this time.
+    pub not_before: Option<Timestamp>,
+    /// Claimable only once all of these have completed.
+    pub after: Vec<String>,
+    /// Seconds `work` lets the command run.
+    pub timeout_seconds: Option<f64>,
+}
+
+impl EnqueueRequest {
+    /// A request with defaults: medium priority, no payload.
+    pub fn new(class: &str) -> EnqueueRequest {
+        EnqueueRequest {
+            class: class.to_string(),
+            priority: Priority::Medium,
+            name: None,
+            id: None,
+            payload: Value::Null,
+            max_attempts: None,
+            not_before: None,
+            after: Vec::new(),
+            timeout_seconds: None,
+        }
+    }
+}
+
+/// Writes a new task atomically and logs `task_enqueued`.
+pub fn enqueue(home: &Home, req: &EnqueueRequest) -> Result<Task> {
+    enqueue_with(home, req, true)
+}
+
+fn build(req: &EnqueueRequest, now: Timestamp, ns: u64) -> Result<Task> {
+    crate::id::validate("class", &req.class)?;
+    if let Some(id) = &req.id {
+        crate::id::validate("task", id)?;
+    }
+    if req.max_attempts == Some(0) {
+        return Err(Error::Invalid("--max-attempts must be at least 1".into()));
+    }
+    if let Some(t) = req.timeout_seconds {
+        if time::check_secs("timeout", t)? == 0.0 {
+            return Err(Error::Invalid("a task timeout must be positive".into()));
+        }
+    }
+    let mut after: Vec<String> = Vec::new();
+    for d in &req.after {
+        crate::id::validate("task", d)?;
+        if req.id.as_deref() == Some(d.as_str()) {
+            return Err(Error::Invalid(format!("task {d} cannot run after itself")));
+        }
+        if !after.contains(d) {
+            after.push(d.clone());
+        }
+    }
+    let task_id = req
+        .id
+        .clone()
+        .unwrap_or_else(|| crate::id::new_task_id(now));
+    let mut t = Task::new(task_id, req.class.clone(), req.priority, now);
+    t.enqueued_ns = ns;
+    t.name = req.name.clone();
+    t.payload = req.payload.clone();
+    t.max_attempts = req.max_attempts.unwrap_or(DEFAULT_MAX_ATTEMPTS);
+    t.not_before = req.not_before.filter(|nb| time_ns(*nb) > ns);
+    t.after = after;
+    t.timeout_seconds = req.timeout_seconds;
+    t.history.push(super::task::TaskTransition {
+        at: now,
+        from: None,
+        to: "pending".into(),
+        by: None,
+        reason: "enqueued".into(),
+    });
+    Ok(t)
+}
+
+fn check_size(bytes: &[u8]) -> Result<()> {
+    if bytes.len() > MAX_TASK_BYTES {
+        return Err(Error::Invalid(format!(
+            "task too large: {} bytes (limit {MAX_TASK_BYTES})",
+            bytes.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Refuses a class directory (or `pending/` itself) that is a symlink.
+fn check_class_dir(home: &Home, class: &str) -> Result<()> {
+    check_real_dir(&pending_root(home))?;
+    check_real_dir(&class_dir(home, class))?;
+    Ok(())
+}
+
+/// Takes an explicit id: exit 5 when any task has it.
+fn reserve_id(home: &Home, id: &str, hint: Option<&PathBuf>, sync: bool) -> Result<()> {
+    if !ids::initialised(home) {
+        // A home from before the id index: index its pending explicit ids once.
+        super::ids_backfill(home)?;
+    }
+    let taken = |st: &str| Error::Conflict(format!("task {id} already exists (in {st}/)"));
+    if !ids::reserve(home, id, hint.map(PathBuf::as_path), sync)? {
+        let where_ = moves::locate(home, id)?
+            .map(|(st, _)| st.name())
+            .unwrap_or("the id index");
+        return Err(taken(where_));
+    }
+    let found = if ids::looks_generated(id) {
+        moves::locate(home, id)?.map(|(st, _)| st)
+    } else {
+        moves::FILED
+            .into_iter()
+            .find(|st| state_path(home, *st, id).exists())
+    };
+    if let Some(st) = found {
+        ids::release(home, id);
+        return Err(taken(st.name()));
+    }
+    Ok(())
+}
+
+fn enqueued_event(task: &Task) -> Event {
+    let mut ev = super::task_event(
+        EventType::TaskEnqueued,
+        task,
+        format!("{} enqueued in {}", task.task_id, task.class),
+    );
+    if let Some(nb) = task.not_before {
+        ev = ev.with("not_before", time::format(&nb));
+    }
+    if !task.after.is_empty() {
+        ev = ev
+            .with("after", task.after.clone())
+            .with("deferred", task.state == TaskState::Deferred);
+    }
+    ev
+}
+
+/// [`enqueue`] with the event optional, for callers that log a summary instead.
+pub fn enqueue_with(home: &Home, req: &EnqueueRequest, log_event: bool) -> Result<Task> {
+    let now = time::now();
+    let mut task = build(req, now, time_ns(now))?;
+    let bytes = task.to_bytes()?;
+    check_size(&bytes)?;
+    check_class_dir(home, &task.class)?;
+    counts::ensure_initialised(home)?;
+    let dest = layout::pending_path(home, &task);
+    if let Some(id) = &req.id {
+        reserve_id(home, id, Some(&dest), true)?;
+    }
+    let res = place(home, &mut task, bytes, dest, log_event);
+    if res.is_err() {
+        if let Some(id) = &req.id {
+            ids::release(home, id);
+        }
+    }
+    res.map(|_| task)
+}
+
+/// Puts a built task where its dependencies say: pending, deferred, or straight to failed.
+fn place(
+    home: &Home,
+    task: &mut Task,
+    bytes: Vec<u8>,
+    dest: PathBuf,
+    log_event: bool,
+) -> Result<()> {
+    let dep = if task.after.is_empty() {
+        DepState::Ready
+    } else {
+        deps::check(home, &task.after, true)?
+    };
+    if let DepState::Missing(d) = &dep {
+        return Err(Error::NotFound(format!(
+            "no such task: {d} (named by --after)"
+        )));
+    }
+    match dep {
+        DepState::Ready | DepState::Missing(_) => {
+            let tmp = moves::stage(home, &bytes, Durability::Durable)?;
+            moves::rename_into_pending(home, &tmp, &dest, Durability::Durable).inspect_err(
+                |_| {
+                    let _ = std::fs::remove_file(&tmp);
+                },
+            )?;
+            counts::add(home, &task.class, &Delta::add(TaskState::Pending, 1));
+            if log_event {
+                emit(home, enqueued_event(task));
+            }
+            tracing::debug!("enqueued {} in {}", task.task_id, task.class);
+        }
+        DepState::Waiting => {
+            task.state = TaskState::Deferred;
+            if let Some(h) = task.history.last_mut() {
+                h.to = "deferred".into();
+                h.reason = format!("enqueued after {}", task.after.join(", "));
+            }
+            let bytes = task.to_bytes()?;
+            deps::add_markers(home, task)?;
+            place_new(home, TaskState::Deferred, task, &bytes)?;
+            if log_event {
+                emit(home, enqueued_event(task));
+            }
+            // A dependency may have finished between the check and the markers.
+            deps::settle(home, &task.task_id)?;
+        }
+        DepState::Dead(why) => {
+            let now = time::now();
+            task.set_error(why.clone(), super::task::MAX_ERROR_BYTES);
+            task.failed_at = Some(now);
+            task.transition(TaskState::Failed, None, &why, now);
+            let bytes = task.to_bytes()?;
+            place_new(home, TaskState::Failed, task, &bytes)?;
+            if log_event {
+                emit(home, enqueued_event(task));
+            }
+            emit(
+                home,
+                super::task_event(
+                    EventType::TaskDeadLettered,
+                    task,
+                    format!("{} dead-lettered: {why}", task.task_id),
+                )
+                .with("reason", why),
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Writes a new task straight into `state`'s directory (not pending: deferred or failed),
+/// durably, and counts it.
+fn place_new(home: &Home, state: TaskState, task: &Task, bytes: &[u8]) -> Result<()> {
+    let dir = layout::ensure_state_dir(home, state)?;
+    let path = state_path(home, state, &task.task_id);
+    let tmp = moves::stage(home, bytes, Durability::Durable)?;
+    std::fs::rename(&tmp, &path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        Error::io(format!("cannot rename into {}", path.display()), e)
+    })?;
+    moves::sync_dir(&dir)?;
+    counts::add(home, &task.class, &Delta::add(state, 1));
+    Ok(())
+}
+
+/// Defaults for the lines of a bulk load (`enqueue --jsonl` flags).
+#[derive(Debug, Clone)]
+pub struct BulkOptions {
+    pub class: String,
+    pub priority: Priority,
+    pub max_attempts: Option<u32>,
+    pub not_before: Option<Timestamp>,
+    pub timeout_seconds: Option<f64>,
+}
+
+/// What a bulk load did.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct BulkSummary {
+    pub enqueued: u64,
+    pub batches: u64,
+}
+
+const OBJECT_KEYS: [&str; 8] = [
+    "payload",
+    "priority",
+    "id",
+    "name",
+    "max_attempts",
+    "not_before",
+    "after",
+    "timeout_seconds",
+];
+
+/// Reads one line of a bulk load into a request: an object with a `payload` key and only
+/// the keys of [`OBJECT_KEYS`] is a task description; any other JSON value is a payload.
+pub fn parse_line(line: &str, opts: &BulkOptions) -> Result<EnqueueRequest> {
+    let v: Value =
+        serde_json::from_str(line).map_err(|e| Error::Invalid(format!("not valid JSON: {e}")))?;
+    let mut req = EnqueueRequest::new(&opts.class);
+    req.priority = opts.priority;
+    req.max_attempts = opts.max_attempts;
+    req.not_before = opts.not_before;
+    req.timeout_seconds = opts.timeout_seconds;
+    let described = v.as_object().is_some_and(|o| {
+        o.contains_key("payload") && o.keys().all(|k| OBJECT_KEYS.contains(&k.as_str()))
+    });
+    if !described {
+        req.payload = v;
+        return Ok(req);
+    }
+    let Value::Object(mut o) = v else {
+        return Err(Error::Internal("object expected".into()));
+    };
+    let bad = |k: &str, want: &str| Error::Invalid(format!("\"{k}\" must be {want}"));
+    req.payload = o.remove("payload").unwrap_or(Value::Null);
+    if let Some(p) = o.remove("priority") {
+        req.priority = match &p {
+            Value::String(s) => Priority::parse(s),
+            Value::Number(n) => n
+                .as_u64()
+                .filter(|r| *r <= 3)
+                .map(|r| layout::priority_of_rank(r as u8)),
+            _ => None,
+        }
+        .ok_or_else(|| bad("priority", "critical, high, medium, low or 0-3"))?;
+    }
+    if let Some(v) = o.remove("id") {
+        req.id = Some(v.as_str().ok_or_else(|| bad("id", "a string"))?.to_string());
+    }
+    if let Some(v) = o.remove("name") {
+        req.name = v.as_str().map(str::to_string);
+    }
+    if let Some(v) = o.remove("max_attempts") {
+        let n = v
+            .as_u64()
+            .filter(|n| *n >= 1 && *n <= u64::from(u32::MAX))
+            .ok_or_else(|| bad("max_attempts", "an integer of at least 1"))?;
+        req.max_attempts = Some(n as u32);
+    }
+    if let Some(v) = o.remove("not_before") {
+        let s = v
+            .as_str()
+            .ok_or_else(|| bad("not_before", "an RFC 3339 time"))?;
+        req.not_before = Some(time::parse(s)?);
+    }
+    if let Some(v) = o.remove("after") {
+        req.after = match v {
+            Value::String(s) => vec![s],
+            Value::Array(a) => a
+                .into_iter()
+                .map(|x| x.as_str().map(str::to_string))
+                .collect::<Option<Vec<_>>>()
+                .ok_or_else(|| bad("after", "a task id or a list of task ids"))?,
+            _ => return Err(bad("after", "a task id or a list of task ids")),
+        };
+    }
+    if let Some(v) = o.remove("timeout_seconds") {
+        let s = v
+            .as_f64()
+            .ok_or_else(|| bad("timeout_seconds", "a number of seconds"))?;
+        req.timeout_seconds = Some(time::check_secs("timeout_seconds", s)?);
+    }
+    Ok(req)
+}
+
+struct Staged {
+    task: Task,
+    tmp: PathBuf,
+    dest: PathBuf,
+    len: usize,
+}
+
+/// When a bulk load's batch ends (see [`STAGE_PER_SYNC`]).
+#[derive(Default)]
+struct Pacing {
+    /// When staging the current batch began.
+    since: Option<std::time::Instant>,
+    /// What the last batch's syncs took.
+    last_sync: std::time::Duration,
+    /// Bytes staged in the current batch.
+    bytes: usize,
+}
+
+impl Pacing {
+    fn due(&mut self, n: usize) -> bool {
+        let since = *self.since.get_or_insert_with(std::time::Instant::now);
+        n >= BATCH
+            || self.bytes >= BATCH_BYTES
+            || (n >= MIN_BATCH && since.elapsed() >= self.last_sync * STAGE_PER_SYNC)
+    }
+
+    fn flush(
+        &mut self,
+        home: &Home,
+        class: &str,
+        batch: &mut Vec<Staged>,
+        sum: &mut BulkSummary,
+        out: &mut impl FnMut(&Task) -> Result<()>,
+    ) -> Result<()> {
+        let r = flush(home, class, batch, sum, out, &mut self.last_sync);
+        self.since = None;
+        self.bytes = 0;
+        r
+    }
+}
+
+/// Loads tasks from JSON lines. `out` is called with each task once it is in place (in
+/// input order); a bad line stops the load with exit 6 naming its line number, after the
+/// tasks before it are in place and reported.
+pub fn enqueue_bulk(
+    home: &Home,
+    input: impl BufRead,
+    opts: &BulkOptions,
+    mut out: impl FnMut(&Task) -> Result<()>,
+) -> Result<BulkSummary> {
+    crate::id::validate("class", &opts.class)?;
+    check_class_dir(home, &opts.class)?;
+    counts::ensure_initialised(home)?;
+    let mut sum = BulkSummary::default();
+    let mut batch: Vec<Staged> = Vec::new();
+    let mut last_ns = 0u64;
+    let mut lineno = 0u64;
+    let mut stop: Option<Error> = None;
+    let mut pacing = Pacing::default();
+    for line in input.lines() {
+        lineno += 1;
+        let line = match line {
+            Ok(l) => l,
+            Err(e) => {
+                stop = Some(Error::Invalid(format!("line {lineno}: cannot read: {e}")));
+                break;
+            }
+        };
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = |e: Error| match e {
+            Error::Invalid(m) => Error::Invalid(format!("line {lineno}: {m}")),
+            Error::Conflict(m) => Error::Conflict(format!("line {lineno}: {m}")),
+            Error::NotFound(m) => Error::NotFound(format!("line {lineno}: {m}")),
+            other => other,
+        };
+        let req = match parse_line(&line, opts) {
+            Ok(r) => r,
+            Err(e) => {
+                stop = Some(at(e));
+                break;
+            }
+        };
+        if !req.after.is_empty() {
+            // Dependencies may name earlier lines: put those in place first.
+            pacing.flush(home, &opts.class, &mut batch, &mut sum, &mut out)?;
+            match enqueue_with(home, &req, true) {
+                Ok(t) => {
+                    sum.enqueued += 1;
+                    out(&t)?;
+                }
+                Err(e) => {
+                    stop = Some(at(e));
+                    break;
+                }
+            }
+            continue;
+        }
+        // Strictly increasing times keep the input order within a priority.
+        let now = time::now();
+        let ns = time_ns(now).max(last_ns + 1);
+        last_ns = ns;
+        match stage_one(home, &req, now, ns) {
+            Ok(s) => {
+                pacing.bytes += s.len;
+                batch.push(s);
+            }
+            Err(e) => {
+                stop = Some(at(e));
+                break;
+            }
+        }
+        if pacing.due(batch.len()) {
+            pacing.flush(home, &opts.class, &mut batch, &mut sum, &mut out)?;
+        }
+    }
+    pacing.flush(home, &opts.class, &mut batch, &mut sum, &mut out)?;
+    match stop {
+        Some(e) => Err(e),
+        None => Ok(sum),
+    }
+}
+
+fn stage_one(home: &Home, req: &EnqueueRequest, now: Timestamp, ns: u64) -> Result<Staged> {
+    let mut task = build(req, now, ns)?;
+    let bytes = task.to_bytes()?;
+    check_size(&bytes)?;
+    let dest = layout::pending_path(home, &task);
+    if let Some(id) = &req.id {
+        reserve_id(home, id, Some(&dest), false)?;
+    }
+    match moves::stage(home, &bytes, Durability::Atomic) {
+        Ok(tmp) => Ok(Staged {
+            task,
+            tmp,
+            dest,
+            len: bytes.len(),
+        }),
+        Err(e) => {
+            if let Some(id) = &req.id {
+                ids::release(home, id);
+            }
+            Err(e)
+        }
+    }
+}
+
+fn flush(
+    home: &Home,
+    class: &str,
+    batch: &mut Vec<Staged>,
+    sum: &mut BulkSummary,
+    out: &mut impl FnMut(&Task) -> Result<()>,
+    sync_took: &mut std::time::Duration,
+) -> Result<()> {
+    if batch.is_empty() {
+        return Ok(());
+    }
+    let tmp_dir = home.tmp_dir();
+    // Every staged file's data is on disk before any of them is renamed into place.
+    let t = std::time::Instant::now();
+    moves::sync_fs(&tmp_dir)?;
+    let first_sync = t.elapsed();
+    let mut placed = 0usize;
+    let mut err = None;
+    for s in batch.iter() {
+        if let Err(e) = moves::rename_into_pending(home, &s.tmp, &s.dest, Durability::Atomic) {
+            err = Some(e);
+            break;
+        }
+        placed += 1;
+    }
+    // The renames (and new bucket directories) are on disk before the ids are printed.
+    let t = std::time::Instant::now();
+    moves::sync_fs(&tmp_dir)?;
+    *sync_took = first_sync + t.elapsed();
+    if placed > 0 {
+        counts::add(home, class, &Delta::add(TaskState::Pending, placed as i64));
+        let first = &batch[0].task;
+        let last = &batch[placed - 1].task;
+        moves::emit(
+            home,
+            Event::new(
+                EventType::TaskEnqueued,
+                format!("{placed} tasks enqueued in {class} (bulk)"),
+            )
+            .task(&first.task_id)
+            .with("class", class)
+            .with("count", placed as u64)
+            .with("first_task_id", first.task_id.clone())
+            .with("last_task_id", last.task_id.clone())
+            .with("bulk", true),
+        );
+        sum.batches += 1;
+        sum.enqueued += placed as u64;
+    }
+    for s in batch.iter().take(placed) {
+        out(&s.task)?;
+    }
+    for s in batch.iter().skip(placed) {
+        let _ = std::fs::remove_file(&s.tmp);
+        ids::release(home, &s.task.task_id);
+    }
+    batch.clear();
+    match err {
+        Some(e) => Err(e),
+        None => Ok(()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn opts() -> BulkOptions {
+        BulkOptions {
+            class: "b".into(),
+            priority: Priority::Medium,
+            max_attempts: None,
+            not_before: None,
+            timeout_seconds: None,
+        }
+    }
+
+    #[test]
+    fn lines_are_payloads_or_task_descriptions() {
+        let r = parse_line(r#"{"doc": 1}"#, &opts()).unwrap();
+        assert_eq!(r.payload["doc"], 1);
+        let r = parse_line(
+            r#"{"payload": [1], "priority": "high", "id": "j1", "max_attempts": 2, "after": "j0"}"#,
+            &opts(),
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                r.payload[0].as_u64(),
+                r.priority,
+                r.id.as_deref(),
+                r.max_attempts
+            ),
+            (Some(1), Priority::High, Some("j1"), Some(2))
+        );
+        assert_eq!(r.after, vec!["j0".to_string()]);
+        // An unknown key makes the whole object a payload.
+        let r = parse_line(r#"{"payload": 1, "x": 2}"#, &opts()).unwrap();
+        assert_eq!(r.payload["x"], 2);
+        assert!(parse_line("{nope", &opts()).is_err());
+        assert!(parse_line(r#"{"payload": 1, "priority": "urgent"}"#, &opts()).is_err());
+        assert!(parse_line(r#"{"payload": 1, "max_attempts": 0}"#, &opts()).is_err());
+    }
+
+    #[test]
+    fn bulk_keeps_order_and_stops_at_a_bad_line() {
+        let (_d, h) = crate::home::test_home();
+        let input = "1\n2\n\n{\"payload\": 3, \"id\": \"three\"}\n4\n{bad\n6\n";
+        let mut got = Vec::new();
+        let e = enqueue_bulk(&h, input.as_bytes(), &opts(), |t| {
+            got.push(t.task_id.clone());
+            Ok(())
+        })
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 6, "{e}");
+        assert!(e.to_string().starts_with("line 6:"), "{e}");
+        assert_eq!(got.len(), 4);
+        assert_eq!(got[2], "three");
+        let walked: Vec<String> = super::super::walk::ClassWalk::new(&h, "b", 0, false)
+            .unwrap()
+            .map(|e| e.unwrap().task_id)
+            .collect();
+        assert_eq!(walked, got, "claim order is input order");
+        assert_eq!(counts::read_all(&h).unwrap()["b"].unwrap().pending, 4);
+        // The explicit id is now taken.
+        let e = enqueue_bulk(
+            &h,
+            "{\"payload\": 1, \"id\": \"three\"}\n".as_bytes(),
+            &opts(),
+            |_| Ok(()),
+        )
+        .unwrap_err();
+        assert_eq!(e.exit_code(), 5, "{e}");
+    }
+}

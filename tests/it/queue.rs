@@ -1,0 +1,730 @@
+//! The task queue, tried with real `task-queue` processes: races between many claimers,
+//! SIGKILL at random moments, a dead worker's task recovered by `queue::maintain`, priority
+//! and class order, `--wait` wake-ups, bad input, and the ownership rules.
+
+use crate::support::procs::*;
+use crate::support::{read_json, stderr, stdout, wait_until, Scene};
+use corral::home::Home;
+use corral::policy::HeartbeatPolicy;
+use corral::queue::{self, Claimer};
+use serde_json::Value;
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn home_of(s: &Scene) -> Home {
+    Home::at(&s.home)
+}
+
+fn tasks(s: &Scene) -> PathBuf {
+    s.coord().join("tasks")
+}
+
+/// Every task id in the home, with the places it was found: pending names and the files
+/// of processing/, completed/, failed/.
+fn census(s: &Scene) -> BTreeMap<String, Vec<String>> {
+    let mut out: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let pend = tasks(s).join("pending");
+    for f in walkdir::WalkDir::new(&pend).into_iter().flatten() {
+        if !f.file_type().is_file() {
+            continue;
+        }
+        let n = f.file_name().to_string_lossy().into_owned();
+        if let Some(p) = queue::parse_pending_name(&n) {
+            let class = f
+                .path()
+                .strip_prefix(&pend)
+                .unwrap()
+                .components()
+                .next()
+                .unwrap()
+                .as_os_str()
+                .to_string_lossy()
+                .into_owned();
+            out.entry(p.task_id.to_string())
+                .or_default()
+                .push(format!("pending/{class}"));
+        }
+    }
+    for st in ["processing", "completed", "failed", "cancelled", "deferred"] {
+        for f in std::fs::read_dir(tasks(s).join(st)).unwrap().flatten() {
+            let n = f.file_name().to_string_lossy().into_owned();
+            if let Some(id) = n.strip_suffix(".json") {
+                out.entry(id.to_string()).or_default().push(st.to_string());
+            }
+        }
+    }
+    out
+}
+
+fn assert_each_once(s: &Scene, c: &BTreeMap<String, Vec<String>>) {
+    let dup: Vec<_> = c.iter().filter(|(_, v)| v.len() != 1).collect();
+    assert!(dup.is_empty(), "tasks in two places: {dup:?}\n{}", s.tree());
+}
+
+fn files_in(dir: &Path) -> usize {
+    walkdir::WalkDir::new(dir)
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file())
+        .count()
+}
+
+/// The pending task files of a class, in claim order (`find … | sort`).
+fn pending_files(s: &Scene, class: &str) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = walkdir::WalkDir::new(tasks(s).join("pending").join(class))
+        .into_iter()
+        .flatten()
+        .filter(|e| e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(".json"))
+        .map(|e| e.into_path())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Enqueues in bulk (one payload or task object per line): fast test set-up.
+fn bulk(h: &Home, class: &str, lines: &str) -> Vec<String> {
+    let opts = queue::BulkOptions {
+        class: class.into(),
+        priority: corral::spec::Priority::Medium,
+        max_attempts: None,
+        not_before: None,
+        timeout_seconds: None,
+    };
+    let mut ids = Vec::new();
+    queue::enqueue_bulk(h, lines.as_bytes(), &opts, |t| {
+        ids.push(t.task_id.clone());
+        Ok(())
+    })
+    .unwrap();
+    ids
+}
+
+fn enqueue(s: &Scene, args: &[&str]) -> String {
+    let mut a = vec!["enqueue"];
+    a.extend_from_slice(args);
+    s.ok("task-queue", &a).trim().to_string()
+}
+
+fn claim_json(s: &Scene, args: &[&str]) -> Value {
+    let mut a = vec!["claim"];
+    a.extend_from_slice(args);
+    serde_json::from_str(&s.ok("task-queue", &a)).expect("claim prints JSON")
+}
+
+#[test]
+fn enqueue_claim_complete_round_trip_with_events() {
+    let s = Scene::new();
+    let id = enqueue(
+        &s,
+        &[
+            "--class",
+            "llm",
+            "--priority",
+            "high",
+            "--name",
+            "topics",
+            "--payload",
+            r#"{"doc": 7}"#,
+        ],
+    );
+    let pend: Vec<String> = pending_files(&s, "llm")
+        .iter()
+        .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(pend.len(), 1);
+    let p = queue::parse_pending_name(&pend[0]).expect("pending name format");
+    assert_eq!((p.prio, p.task_id), (1, id.as_str()));
+    assert!(pend[0].starts_with("1-") && pend[0].len() == format!("1-{:020}-{id}.json", 0).len());
+
+    let t = claim_json(&s, &["--worker", "script-a"]);
+    assert_eq!(t["task_id"], id.as_str());
+    assert_eq!(t["payload"]["doc"], 7);
+    assert_eq!(t["claimed_by"], "script-a");
+    assert_eq!(t["attempts"], 1);
+    assert_eq!(t["state"], "processing");
+    assert!(t["claimed_at"].is_string() && t["lease_expires_at"].is_string());
+    assert_eq!(files_in(&tasks(&s).join("pending/llm")), 0);
+    let on_disk = read_json(&tasks(&s).join(format!("processing/{id}.json")));
+    assert_eq!(on_disk["claimed_by"], "script-a");
+
+    // Only the claimant may complete.
+    let o = s.code("task-queue", &["complete", &id, "--worker", "intruder"], 5);
+    assert!(stderr(&o).contains("claimed by script-a"), "{}", stderr(&o));
+    s.code("task-queue", &["complete", &id], 5);
+    assert_eq!(
+        s.ok(
+            "task-queue",
+            &[
+                "complete",
+                &id,
+                "--worker",
+                "script-a",
+                "--result",
+                r#"{"pages": 3}"#
+            ]
+        )
+        .trim(),
+        "completed"
+    );
+    let done = read_json(&tasks(&s).join(format!("completed/{id}.json")));
+    assert_eq!(done["result"]["pages"], 3);
+    assert_eq!(done["state"], "completed");
+    assert_eq!(census(&s)[&id], vec!["completed"]);
+    // Completing twice is a conflict, an unknown task is not found.
+    s.code("task-queue", &["complete", &id, "--worker", "script-a"], 5);
+    s.code("task-queue", &["complete", "no-such-task", "--force"], 3);
+    s.code("task-queue", &["show", "no-such-task"], 3);
+    s.code("task-queue", &["fail", "no-such-task", "--force"], 3);
+    let shown: Value = serde_json::from_str(&s.ok("task-queue", &["show", &id])).unwrap();
+    assert_eq!(shown["state"], "completed");
+
+    for kind in ["task_enqueued", "task_claimed", "task_completed"] {
+        let evs = s.events_of(kind);
+        assert_eq!(evs.len(), 1, "{kind}");
+        assert_eq!(evs[0]["task_id"], id.as_str());
+    }
+    assert_eq!(s.events_of("task_claimed")[0]["worker_id"], "script-a");
+    // No lock file per task: only the fixed stripes.
+    let locks: Vec<String> = std::fs::read_dir(s.coord().join(".locks"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.contains(&id))
+        .collect();
+    assert!(locks.is_empty(), "{locks:?}");
+}
+
+#[test]
+fn bad_payload_is_exit_6_and_writes_nothing_duplicate_id_is_5() {
+    let s = Scene::new();
+    let o = s.code(
+        "task-queue",
+        &["enqueue", "--class", "c", "--payload", "{not json"],
+        6,
+    );
+    assert!(stderr(&o).contains("not valid JSON"), "{}", stderr(&o));
+    let o = s.run_stdin(
+        "task-queue",
+        &["enqueue", "--class", "c", "--payload-file", "-"],
+        b"[1, 2",
+    );
+    s.expect_code("task-queue", &[], &o, 6);
+    s.code(
+        "task-queue",
+        &["enqueue", "--class", "../etc", "--payload", "1"],
+        6,
+    );
+    s.code("task-queue", &["enqueue", "--class", "c", "--id", "a/b"], 6);
+    s.code(
+        "task-queue",
+        &["enqueue", "--class", "c", "--max-attempts", "0"],
+        6,
+    );
+    assert!(census(&s).is_empty(), "{}", s.tree());
+    assert_eq!(files_in(&s.coord().join(".tmp")), 0);
+    assert!(s.events_of("task_enqueued").is_empty());
+
+    let o = s.run_stdin(
+        "task-queue",
+        &[
+            "enqueue",
+            "--class",
+            "c",
+            "--id",
+            "job-1",
+            "--payload-file",
+            "-",
+        ],
+        b"{\"x\": 1}",
+    );
+    s.expect_code("task-queue", &[], &o, 0);
+    assert_eq!(stdout(&o), "job-1");
+    // The same id, in any state and any class, is a conflict.
+    s.code(
+        "task-queue",
+        &["enqueue", "--class", "other", "--id", "job-1"],
+        5,
+    );
+    claim_json(&s, &["--worker", "w"]);
+    s.code(
+        "task-queue",
+        &["enqueue", "--class", "c", "--id", "job-1"],
+        5,
+    );
+    assert_eq!(census(&s).len(), 1);
+}
+
+#[test]
+fn empty_queue_is_exit_7_and_wait_times_out_with_7() {
+    let s = Scene::new();
+    let o = s.code("task-queue", &["claim", "--worker", "w"], 7);
+    assert!(stdout(&o).is_empty());
+    let t0 = Instant::now();
+    s.code(
+        "task-queue",
+        &["claim", "--worker", "w", "--class", "x", "--wait", "0.3"],
+        7,
+    );
+    let took = t0.elapsed();
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(10),
+        "{took:?}"
+    );
+    // A task of another class is not claimed by a class-restricted claimer.
+    enqueue(&s, &["--class", "y"]);
+    s.code("task-queue", &["claim", "--worker", "w", "--class", "x"], 7);
+}
+
+#[test]
+fn priorities_then_fifo_and_class_preference_hold() {
+    let s = Scene::new();
+    let low = enqueue(&s, &["--class", "cpu", "--priority", "low"]);
+    let med1 = enqueue(&s, &["--class", "cpu"]);
+    let med2 = enqueue(&s, &["--class", "cpu", "--priority", "2"]);
+    let crit = enqueue(&s, &["--class", "cpu", "--priority", "critical"]);
+    let llm = enqueue(&s, &["--class", "llm", "--priority", "critical"]);
+    let res = enqueue(&s, &["--class", "resource", "--priority", "low"]);
+    // Preference order beats priority across classes.
+    let order: Vec<String> = (0..6)
+        .map(|_| {
+            claim_json(
+                &s,
+                &["--worker", "w", "--class", "resource", "--class", "cpu,llm"],
+            )["task_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(order, vec![res, crit, med1, med2, low, llm]);
+
+    // Without --class: priority across all classes, then age.
+    let a = enqueue(&s, &["--class", "a", "--priority", "low"]);
+    let b = enqueue(&s, &["--class", "b", "--priority", "high"]);
+    let c = enqueue(&s, &["--class", "c", "--priority", "high"]);
+    let got: Vec<String> = (0..3)
+        .map(|_| {
+            claim_json(&s, &["--worker", "w"])["task_id"]
+                .as_str()
+                .unwrap()
+                .to_string()
+        })
+        .collect();
+    assert_eq!(got, vec![b, c, a]);
+}
+
+#[test]
+fn wait_wakes_within_milliseconds_of_an_enqueue() {
+    let s = Scene::new();
+    let reaper = Reaper::default();
+    let mut c = s.cmd("task-queue");
+    c.args([
+        "claim", "--worker", "waiter", "--class", "late", "--wait", "60", "--format", "jsonl",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let child = reaper.spawn(&mut c);
+    // Give the waiter time to be asleep on inotify (the class dir does not even exist yet).
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let id = enqueue(&s, &["--class", "late"]);
+    let out = child.wait_with_output().unwrap();
+    let took = t0.elapsed();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let t: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(t["task_id"], id.as_str());
+    // The enqueue process itself takes a few ms; the wake must not add a poll interval.
+    assert!(took < Duration::from_secs(2), "{took:?}");
+    let enq = &s.events_of("task_enqueued")[0]["timestamp"];
+    let clm = &s.events_of("task_claimed")[0]["timestamp"];
+    let ms = |v: &Value| {
+        corral::time::parse(v.as_str().unwrap())
+            .unwrap()
+            .timestamp_millis()
+    };
+    assert!(ms(clm) - ms(enq) < 500, "enqueue {enq} → claim {clm}");
+}
+
+#[test]
+fn fail_retries_then_dead_letters_and_requeue_revives() {
+    let s = Scene::new();
+    let id = enqueue(&s, &["--class", "c", "--max-attempts", "2"]);
+    claim_json(&s, &["--worker", "w"]);
+    let o = s.ok(
+        "task-queue",
+        &["fail", &id, "--worker", "w", "--error", "boom"],
+    );
+    assert_eq!(o.trim(), "pending");
+    let again = claim_json(&s, &["--worker", "w2"]);
+    assert_eq!(
+        (again["task_id"].as_str(), again["attempts"].as_u64()),
+        (Some(id.as_str()), Some(2))
+    );
+    assert_eq!(again["error"], "boom");
+    s.code("task-queue", &["fail", &id, "--worker", "w"], 5);
+    assert_eq!(
+        s.ok(
+            "task-queue",
+            &["fail", &id, "--worker", "w2", "--error", "boom2"]
+        )
+        .trim(),
+        "failed"
+    );
+    let dead = read_json(&tasks(&s).join(format!("failed/{id}.json")));
+    assert_eq!(
+        (dead["state"].as_str(), dead["error"].as_str()),
+        (Some("failed"), Some("boom2"))
+    );
+    assert_eq!(s.events_of("task_failed").len(), 2);
+    assert_eq!(s.events_of("task_dead_lettered").len(), 1);
+    s.code("task-queue", &["claim", "--worker", "w"], 7);
+
+    assert_eq!(s.ok("task-queue", &["requeue", &id]).trim(), "pending");
+    let t = claim_json(&s, &["--worker", "w3"]);
+    assert_eq!(t["attempts"], 1);
+    // --no-retry dead-letters at once; --force lets an operator act for the claimant.
+    s.ok("task-queue", &["fail", &id, "--force", "--no-retry"]);
+    assert_eq!(census(&s)[&id], vec!["failed"]);
+    assert_eq!(s.events_of("task_requeued").len(), 1);
+}
+
+#[test]
+fn list_and_stats_report_the_queue() {
+    let s = Scene::new();
+    for _ in 0..3 {
+        enqueue(&s, &["--class", "llm"]);
+    }
+    enqueue(&s, &["--class", "cpu", "--name", "resize"]);
+    let t = claim_json(&s, &["--worker", "w1", "--class", "cpu"]);
+    let st: Value =
+        serde_json::from_str(&s.ok("task-queue", &["stats", "--format", "json"])).unwrap();
+    assert_eq!(st["counts"]["pending"]["llm"], 3);
+    assert_eq!(st["counts"]["processing"]["cpu"], 1);
+    assert_eq!(st["totals"]["pending"], 3);
+    assert_eq!(st["processing_by_worker"]["w1"], 1);
+    assert_eq!(st["stuck"], 0);
+    assert!(st["oldest_pending_seconds"].as_f64().unwrap() >= 0.0);
+    let table = s.ok("task-queue", &["stats"]);
+    assert!(table.contains("processing per worker: w1:1"), "{table}");
+    let l: Value = serde_json::from_str(&s.ok(
+        "task-queue",
+        &["list", "--state", "processing", "--format", "json"],
+    ))
+    .unwrap();
+    assert_eq!(l.as_array().unwrap().len(), 1);
+    assert_eq!(l[0]["task_id"], t["task_id"]);
+    let all = s.ok("task-queue", &["list"]);
+    assert_eq!(all.lines().count(), 5, "{all}");
+    assert!(all.contains("resize"));
+    s.code("task-queue", &["list", "--state", "weird"], 2);
+}
+
+/// 10,000 tasks, 8 claimer threads in one process (the library's `Claimer`, with the
+/// inotify-fed listing cache): each task claimed exactly once, none lost.
+#[test]
+fn ten_thousand_tasks_eight_threads_each_claimed_once() {
+    let s = Scene::new();
+    let h = home_of(&s);
+    const N: usize = 10_000;
+    let mut ids = HashSet::new();
+    for (class, first) in [("a", 0), ("b", 1)] {
+        let lines: String = (first..N)
+            .step_by(2)
+            .map(|i| {
+                let p = ["critical", "high", "medium", "low"][i % 4];
+                format!("{{\"payload\": {i}, \"priority\": \"{p}\"}}\n")
+            })
+            .collect();
+        ids.extend(bulk(&h, class, &lines));
+    }
+    assert_eq!(ids.len(), N);
+    let claimed = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|sc| {
+        for w in 0..8 {
+            let h = h.clone();
+            let claimed = claimed.clone();
+            sc.spawn(move || {
+                let classes: Vec<String> = if w % 2 == 0 {
+                    vec![]
+                } else {
+                    vec!["b".into(), "a".into()]
+                };
+                let mut c = Claimer::new(&h, &format!("t{w}"), &classes, 600.0).unwrap();
+                c.watch().unwrap();
+                let mut mine = Vec::new();
+                while let Some(t) = c.try_claim().unwrap() {
+                    assert_eq!(t.claimed_by.as_deref(), Some(format!("t{w}").as_str()));
+                    mine.push(t.task_id);
+                }
+                claimed.lock().unwrap().extend(mine);
+            });
+        }
+    });
+    let claimed = claimed.lock().unwrap();
+    let unique: HashSet<&String> = claimed.iter().collect();
+    assert_eq!(claimed.len(), N, "some task was claimed twice or lost");
+    assert_eq!(unique.len(), N);
+    assert!(claimed.iter().all(|i| ids.contains(i)));
+    assert_eq!(files_in(&tasks(&s).join("processing")), N);
+    let c = census(&s);
+    assert_eq!(c.len(), N);
+    assert_each_once(&s, &c);
+}
+
+/// 8 real `task-queue claim` processes racing over 1,200 tasks.
+#[test]
+fn eight_claimer_processes_claim_each_task_exactly_once() {
+    let s = Scene::new();
+    let h = home_of(&s);
+    const N: usize = 1_200;
+    bulk(&h, "k", &"{}\n".repeat(N));
+    let got = Arc::new(Mutex::new(Vec::new()));
+    std::thread::scope(|sc| {
+        for w in 0..8 {
+            let got = got.clone();
+            let s = &s;
+            sc.spawn(move || loop {
+                let worker = format!("p{w}");
+                let o = s.run(
+                    "task-queue",
+                    &["claim", "--worker", &worker, "--format", "jsonl"],
+                );
+                match o.status.code() {
+                    Some(0) => {
+                        let t: Value = serde_json::from_slice(&o.stdout).unwrap();
+                        assert_eq!(t["claimed_by"], worker.as_str());
+                        got.lock()
+                            .unwrap()
+                            .push(t["task_id"].as_str().unwrap().to_string());
+                    }
+                    Some(7) => break,
+                    other => panic!("claim exited {other:?}: {}", stderr(&o)),
+                }
+            });
+        }
+    });
+    let got = got.lock().unwrap();
+    let unique: HashSet<&String> = got.iter().collect();
+    assert_eq!((got.len(), unique.len()), (N, N));
+    assert_eq!(s.events_of("task_claimed").len(), N);
+    assert_each_once(&s, &census(&s));
+}
+
+/// Enqueuers and claimers SIGKILLed at random moments: afterwards every task is in exactly
+/// one place, no file is torn, every acknowledged enqueue is present, and after the
+/// monitor's pass (leases expired) everything can be drained exactly once.
+#[test]
+fn sigkill_of_claimers_and_enqueuers_loses_nothing() {
+    let s = Scene::new();
+    let h = home_of(&s);
+    bulk(&h, "k", &"{}\n".repeat(300));
+    let reaper = Reaper::default();
+    let acked = Arc::new(Mutex::new(HashSet::new()));
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64 ^ std::process::id() as u64;
+    let mut rnd = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut kills = 0;
+    for round in 0..60 {
+        let mut kids: Vec<(Child, Option<String>)> = Vec::new();
+        for j in 0..2 {
+            let id = format!("e{round}-{j}");
+            let mut c = s.cmd("task-queue");
+            c.args([
+                "enqueue",
+                "--class",
+                "k",
+                "--id",
+                &id,
+                "--payload",
+                r#"{"n": 1}"#,
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null());
+            kids.push((reaper.spawn(&mut c), Some(id)));
+        }
+        for j in 0..3 {
+            let mut c = s.cmd("task-queue");
+            c.args(["claim", "--worker", &format!("c{j}")])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            kids.push((reaper.spawn(&mut c), None));
+        }
+        std::thread::sleep(Duration::from_micros(rnd() % 6000));
+        for (child, _) in kids.iter_mut() {
+            if rnd() % 2 == 0 {
+                signal(child.id() as i32, libc::SIGKILL);
+                kills += 1;
+            }
+        }
+        for (mut child, id) in kids {
+            let st = child.wait().unwrap();
+            if let (Some(0), Some(id)) = (st.code(), id) {
+                acked.lock().unwrap().insert(id);
+            }
+        }
+    }
+    assert!(
+        kills > 20,
+        "the test must actually kill processes ({kills})"
+    );
+    let c = census(&s);
+    assert_each_once(&s, &c);
+    for id in acked.lock().unwrap().iter() {
+        assert!(
+            c.contains_key(id),
+            "acknowledged enqueue {id} lost\n{}",
+            s.tree()
+        );
+    }
+    // Every file that is there is whole.
+    for f in walkdir::WalkDir::new(tasks(&s)).into_iter().flatten() {
+        if f.file_type().is_file() && f.path().extension().is_some_and(|e| e == "json") {
+            read_json(f.path());
+        }
+    }
+    // The monitor's pass an hour later: every lease ran out, every claim goes back.
+    let later = corral::time::now() + chrono::Duration::hours(1);
+    let m = queue::maintain(&h, &HeartbeatPolicy::default(), later).unwrap();
+    assert_eq!(
+        files_in(&tasks(&s).join("processing")),
+        0,
+        "{m:?}\n{}",
+        s.tree()
+    );
+    let before = census(&s);
+    assert_each_once(&s, &before);
+    let mut c = Claimer::new(&h, "drain", &[], 60.0).unwrap();
+    let mut seen = HashSet::new();
+    while let Some(t) = c.try_claim().unwrap() {
+        assert!(
+            seen.insert(t.task_id.clone()),
+            "{} claimed twice",
+            t.task_id
+        );
+    }
+    assert_eq!(seen.len(), before.len());
+}
+
+fn spawn_worker(s: &Scene) -> String {
+    s.ok(
+        "spawn-worker",
+        &["--type", "implementation-worker", "--tokens", "1000"],
+    )
+    .trim()
+    .to_string()
+}
+
+/// A worker killed mid-task: once its spec leaves active/ (as the monitor does on a dead
+/// process), `queue::maintain` requeues the task and another worker claims it.
+#[test]
+fn killed_workers_task_is_requeued_and_claimed_by_another_worker() {
+    let s = Scene::new();
+    let reaper = Reaper::default();
+    let a = spawn_worker(&s);
+    let b = spawn_worker(&s);
+    let id = enqueue(&s, &["--class", "llm"]);
+    let pidfile = s.dir.path().join("child.pid");
+    let script = format!(
+        "echo $$ > {}; cat >/dev/null; exec sleep 60",
+        pidfile.display()
+    );
+    let mut c = s.cmd("task-queue");
+    c.args([
+        "work", "--worker", &a, "--class", "llm", "--", "sh", "-c", &script,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let mut wa = reaper.spawn(&mut c);
+    assert!(wait_until(Duration::from_secs(20), || pidfile.exists()
+        && !std::fs::read_to_string(&pidfile)
+            .unwrap_or_default()
+            .trim()
+            .is_empty()));
+    let child_pid: u32 = std::fs::read_to_string(&pidfile)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    reaper.track(child_pid);
+    assert_eq!(census(&s)[&id], vec!["processing"]);
+    let spec = s.spec("active", &a);
+    assert_eq!(
+        (spec["status"].as_str(), spec["task_id"].as_str()),
+        (Some("running"), Some(id.as_str()))
+    );
+
+    wa.kill().unwrap();
+    wa.wait().unwrap();
+    let h = home_of(&s);
+    let p = HeartbeatPolicy::default();
+    // Still active: nothing happens (the spec is the monitor's word on liveness).
+    assert_eq!(
+        queue::maintain(&h, &p, corral::time::now())
+            .unwrap()
+            .requeued,
+        0
+    );
+    corral::lifecycle::fail_worker(&h, &a, "process died", None, Some(9)).unwrap();
+    let m = queue::maintain(&h, &p, corral::time::now()).unwrap();
+    assert_eq!(m.requeued, 1, "{m:?}");
+    let ev = &s.events_of("task_requeued")[0];
+    assert_eq!(
+        (ev["task_id"].as_str(), ev["worker_id"].as_str()),
+        (Some(id.as_str()), Some(a.as_str()))
+    );
+    let t = claim_json(&s, &["--worker", &b]);
+    assert_eq!(
+        (t["task_id"].as_str(), t["attempts"].as_u64()),
+        (Some(id.as_str()), Some(2))
+    );
+    let spec = s.spec("active", &b);
+    assert_eq!(
+        (spec["status"].as_str(), spec["task_id"].as_str()),
+        (Some("running"), Some(id.as_str()))
+    );
+    s.ok("task-queue", &["complete", &id, "--worker", &b]);
+    assert_eq!(s.spec("active", &b)["status"], "idle");
+    // A dead worker may not claim again.
+    s.code("task-queue", &["claim", "--worker", &a], 5);
+    signal(child_pid as i32, libc::SIGKILL);
+}
+
+#[test]
+fn maintain_in_the_home_reports_stuck_and_starved_once() {
+    let s = Scene::new();
+    let h = home_of(&s);
+    let w = spawn_worker(&s);
+    s.ok("heartbeat", &[&w, "--status", "idle"]);
+    for _ in 0..5 {
+        enqueue(&s, &["--class", "llm"]);
+    }
+    let id = enqueue(&s, &["--class", "cpu"]);
+    claim_json(&s, &["--worker", &w, "--class", "cpu"]);
+    let p = HeartbeatPolicy::default();
+    let later = corral::time::now() + chrono::Duration::seconds(400);
+    let m = queue::maintain(&h, &p, later).unwrap();
+    assert_eq!((m.stuck, m.starved, m.requeued), (1, 0, 0), "{m:?}");
+    // The worker is running the cpu task, not idle: no starvation yet.
+    s.ok("task-queue", &["complete", &id, "--worker", &w]);
+    let m = queue::maintain(&h, &p, later).unwrap();
+    assert_eq!(m.starved, 1, "{m:?}");
+    assert_eq!(
+        m.summary,
+        "workers 1/1, queue 5 (llm:5), processing 0, stuck 0"
+    );
+    assert_eq!(queue::maintain(&h, &p, later).unwrap().starved, 0);
+    let st = s.events_of("task_starved");
+    assert_eq!(st.len(), 1);
+    assert_eq!(st[0]["data"]["class"], "llm");
+    assert_eq!(st[0]["data"]["idle_workers"][0], w.as_str());
+    let stuck = s.events_of("task_stuck");
+    assert_eq!(stuck.len(), 1);
+    assert_eq!(stuck[0]["worker_id"], w.as_str());
+    assert!(stuck[0]["data"]["elapsed_seconds"].as_f64().unwrap() >= 399.0);
+}
