@@ -403,14 +403,20 @@ pub const FILED: [TaskState; 5] = [
 ];
 
 /// Where `id` lives: one `stat` per filed state, then (only if none has it) the pending
-/// lookup. Processing is checked on both sides of the pending lookup, so a concurrent claim
-/// cannot hide a task.
+/// lookup, then `.claiming/` and processing once more, so a concurrent claim cannot hide a
+/// task.
 ///
-/// A task a claimer holds in `.claiming/` (for the microseconds it writes its claim record)
-/// is looked for again a little later; one still there after that belongs to a claimer that
-/// died, and is reported as processing at that path until maintenance moves it on.
+/// The scan is not atomic: a task can move behind it (claimed, then completed, between two
+/// of its `stat`s). A task never vanishes but by purge, so a scan that finds nothing is
+/// repeated before the task is called unknown (an unknown id pays the walk of pending/
+/// three times). A task a claimer holds in `.claiming/` (for
+/// the microseconds it writes its claim record) is looked for again a little later; one
+/// still there after that belongs to a claimer that died, and is reported as processing at
+/// that path until maintenance moves it on.
 pub fn locate(home: &Home, id: &str) -> Result<Option<(TaskState, PathBuf)>> {
+    const MISSES: u32 = 3;
     let held = layout::claiming_path(home, id);
+    let mut misses = 0;
     for attempt in 0..200 {
         for st in FILED {
             let p = state_path(home, st, id);
@@ -421,12 +427,18 @@ pub fn locate(home: &Home, id: &str) -> Result<Option<(TaskState, PathBuf)>> {
         if let Some(p) = super::walk::find_pending(home, id)? {
             return Ok(Some((TaskState::Pending, p)));
         }
+        // `.claiming/` before processing: a claim moves pending → .claiming → processing.
+        let claiming = exists(&held);
         let p = state_path(home, TaskState::Processing, id);
         if exists(&p) {
             return Ok(Some((TaskState::Processing, p)));
         }
-        if !exists(&held) {
-            return Ok(None);
+        if !claiming {
+            misses += 1;
+            if misses >= MISSES {
+                return Ok(None);
+            }
+            continue;
         }
         if attempt < 199 {
             // No lock is taken here: the caller may hold the task's lock itself.
@@ -468,6 +480,55 @@ pub fn quarantine(home: &Home, path: &Path, why: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A task claimed and completed while `locate` scans must never be reported unknown
+    /// (`task-queue wait ID` said "no such task" for a task a worker was completing).
+    #[test]
+    fn a_task_moving_through_every_state_is_always_located() {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let (_d, h) = crate::home::test_home();
+        let id = "task-moving";
+        let pending = crate::queue::walk::tests::put(
+            &h,
+            "c",
+            crate::spec::Priority::Medium,
+            1_764_000_000_000_000_000,
+            id,
+        );
+        std::fs::create_dir_all(layout::claiming_dir(&h)).unwrap();
+        for st in [TaskState::Processing, TaskState::Completed] {
+            layout::ensure_state_dir(&h, st).unwrap();
+        }
+        let path = [
+            pending.clone(),
+            layout::claiming_path(&h, id),
+            state_path(&h, TaskState::Processing, id),
+            state_path(&h, TaskState::Completed, id),
+        ];
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|sc| {
+            sc.spawn(|| {
+                let mut at = 0;
+                while !stop.load(Ordering::Relaxed) {
+                    let next = (at + 1) % path.len();
+                    std::fs::rename(&path[at], &path[next]).unwrap();
+                    at = next;
+                    // Claimed, recorded and completed back to back; then enqueued anew.
+                    if at == 0 || at == path.len() - 1 {
+                        std::thread::sleep(std::time::Duration::from_micros(100));
+                    }
+                }
+            });
+            let mut lost = 0;
+            for _ in 0..5_000 {
+                if locate(&h, id).unwrap().is_none() {
+                    lost += 1;
+                }
+            }
+            stop.store(true, Ordering::Relaxed);
+            assert_eq!(lost, 0, "located nowhere {lost} times in 5,000");
+        });
+    }
 
     #[test]
     fn syncing_a_bucket_a_claimer_removed_syncs_its_parent() {
