@@ -201,6 +201,15 @@ pub fn move_worker(
     mutate(&mut spec);
     spec.normalize(now);
     let releases = dir.is_live() && !mv.to.is_live();
+    let clean_end = mv.to == StateDir::Completed
+        && spec.status == Status::Completed
+        && spec.exit.as_ref().and_then(|e| e.code) == Some(0);
+    if dir == StateDir::Active && mv.to != StateDir::Active && !clean_end {
+        // It may have died between a task's move and that move's count update: the next
+        // queue maintenance recounts the pending names. Noted here, by whoever moves it
+        // (monitor, `--once`, stop-worker, cleanup), not only by a daemon that saw it go.
+        crate::queue::counts::owe_recount(home);
+    }
     if releases {
         if spec.completed_at.is_none() {
             spec.completed_at = Some(now);

@@ -10,7 +10,7 @@
 //! crash in between is caught by maintenance, which settles every marker directory whose
 //! dependency has ended.
 
-use super::counts::{self, Delta};
+use super::counts::Delta;
 use super::layout::{self, deps_dir, read_task, state_path};
 use super::moves::{self, emit};
 use super::task::{Task, MAX_ERROR_BYTES};
@@ -98,12 +98,12 @@ pub fn settle(home: &Home, id: &str) -> Result<Option<TaskState>> {
             DepState::Waiting => return Ok(Some(TaskState::Deferred)),
             DepState::Ready | DepState::Missing(_) => {
                 task.transition(TaskState::Pending, None, "dependencies completed", now);
-                let dest = moves::move_out(home, &path, &mut task)?;
-                counts::add(
+                let dest = moves::move_out(
                     home,
-                    &task.class,
+                    &path,
+                    &mut task,
                     &Delta::moved(Some(TaskState::Deferred), Some(TaskState::Pending)),
-                );
+                )?;
                 emit(
                     home,
                     super::task_event(
@@ -198,12 +198,12 @@ fn dead_letter_held(
     task.set_error(why.to_string(), MAX_ERROR_BYTES);
     task.failed_at = Some(now);
     task.transition(TaskState::Failed, None, why, now);
-    moves::move_out(home, path, task)?;
-    counts::add(
+    moves::move_out(
         home,
-        &task.class,
+        path,
+        task,
         &Delta::moved(Some(TaskState::Deferred), Some(TaskState::Failed)),
-    );
+    )?;
     emit(
         home,
         super::task_event(

@@ -332,8 +332,7 @@ fn apply(
                 task.state.name()
             );
             let st = task.state;
-            moves::finish_move(home, &path, &task)?;
-            counts::add(home, &task.class, &Delta::add(st, 1));
+            moves::finish_move(home, &path, &task, &Delta::add(st, 1))?;
             ended = matches!(
                 st,
                 TaskState::Completed | TaskState::Failed | TaskState::Cancelled
@@ -345,11 +344,13 @@ fn apply(
             let from = task.claimed_by.clone();
             task.transition(TaskState::Pending, None, &why, now);
             task.reset_claim();
-            moves::move_out(home, &path, &mut task)?;
             // An unrecorded claim was never taken off the pending count.
-            if !unrecorded {
-                counts::add(home, &task.class, &Delta::add(TaskState::Pending, 1));
-            }
+            let delta = if unrecorded {
+                Delta::default()
+            } else {
+                Delta::add(TaskState::Pending, 1)
+            };
+            moves::move_out(home, &path, &mut task, &delta)?;
             let mut ev = task_event(
                 EventType::TaskRequeued,
                 &task,
@@ -373,8 +374,7 @@ fn apply(
             task.set_error(why.clone(), super::task::MAX_ERROR_BYTES);
             task.failed_at = Some(now);
             task.transition(TaskState::Failed, None, &why, now);
-            moves::move_out(home, &path, &mut task)?;
-            counts::add(home, &task.class, &Delta::add(TaskState::Failed, 1));
+            moves::move_out(home, &path, &mut task, &Delta::add(TaskState::Failed, 1))?;
             emit(
                 home,
                 task_event(
@@ -389,8 +389,7 @@ fn apply(
         Decision::Cancel(why) => {
             task.transition(TaskState::Cancelled, None, &why, now);
             task.cancelled_at = Some(now);
-            moves::move_out(home, &path, &mut task)?;
-            counts::add(home, &task.class, &Delta::add(TaskState::Cancelled, 1));
+            moves::move_out(home, &path, &mut task, &Delta::add(TaskState::Cancelled, 1))?;
             emit(
                 home,
                 task_event(

@@ -13,6 +13,7 @@
 //! Rewrites that a power cut may lose without harm (a claim record, a lease renewal) skip
 //! both syncs; see [`Durability`].
 
+use super::counts::{self, Delta};
 use super::layout::{self, read_task, state_path};
 use super::task::Task;
 use crate::error::{Error, IoContext, Result};
@@ -335,9 +336,9 @@ fn place_pending(home: &Home, from: &Path, dest: &Path, sync_new_dirs: bool) -> 
     }
 }
 
-/// Writes `task` in processing/ (`from`) and then renames it to its place for `task.state`.
-/// Returns the new path.
-pub fn move_out(home: &Home, from: &Path, task: &mut Task) -> Result<PathBuf> {
+/// Writes `task` in processing/ (`from`) and then renames it to its place for `task.state`,
+/// adding `delta` to its class's counts. Returns the new path.
+pub fn move_out(home: &Home, from: &Path, task: &mut Task, delta: &Delta) -> Result<PathBuf> {
     let bytes = task.to_bytes()?;
     // Data synced before it replaces the old content; the directory sync that makes the
     // whole move durable is the destination's, in `finish_move`.
@@ -349,11 +350,16 @@ pub fn move_out(home: &Home, from: &Path, task: &mut Task) -> Result<PathBuf> {
             e,
         ));
     }
-    finish_move(home, from, task)
+    finish_move(home, from, task, delta)
 }
 
 /// The rename half of [`move_out`]: `from` already holds the new content.
-pub fn finish_move(home: &Home, from: &Path, task: &Task) -> Result<PathBuf> {
+///
+/// The count update comes right after the rename, before the directory sync: a process
+/// killed between the two leaves a count off by one that only a recount repairs (for the
+/// finished states, an exact recount that reads every file), so the window is kept to
+/// microseconds instead of the milliseconds a directory sync can take under load.
+pub fn finish_move(home: &Home, from: &Path, task: &Task, delta: &Delta) -> Result<PathBuf> {
     let dest = match task.state {
         TaskState::Pending => layout::pending_path(home, task),
         st => {
@@ -363,10 +369,6 @@ pub fn finish_move(home: &Home, from: &Path, task: &Task) -> Result<PathBuf> {
     };
     if task.state == TaskState::Pending {
         place_pending(home, from, &dest, true)?;
-        if let Some(d) = dest.parent() {
-            sync_move_dest(d)?;
-        }
-        super::ids::update(home, &task.task_id, &dest);
     } else {
         std::fs::rename(from, &dest).map_err(|e| {
             Error::io(
@@ -374,9 +376,15 @@ pub fn finish_move(home: &Home, from: &Path, task: &Task) -> Result<PathBuf> {
                 e,
             )
         })?;
-        if let Some(d) = dest.parent() {
-            sync_move_dest(d)?;
-        }
+    }
+    if !delta.0.is_empty() {
+        counts::add(home, &task.class, delta);
+    }
+    if let Some(d) = dest.parent() {
+        sync_move_dest(d)?;
+    }
+    if task.state == TaskState::Pending {
+        super::ids::update(home, &task.task_id, &dest);
     }
     Ok(dest)
 }

@@ -134,8 +134,7 @@ pub fn complete(home: &Home, id: &str, caller: &Caller, result: Option<Value>) -
         task.transition(TaskState::Completed, by.as_deref(), "completed", now);
         task.completed_at = Some(now);
         task.result = result;
-        moves::move_out(home, &path, &mut task)?;
-        counts::add(home, &task.class, &Delta::add(TaskState::Completed, 1));
+        moves::move_out(home, &path, &mut task, &Delta::add(TaskState::Completed, 1))?;
         let elapsed = task.processing_seconds(now).unwrap_or(0.0);
         emit(
             home,
@@ -216,8 +215,7 @@ pub fn fail_with(
         .with("error", super::task::cut(&why, 4096))];
         if dead {
             task.transition(TaskState::Failed, by.as_deref(), &why, now);
-            moves::move_out(home, &path, &mut task)?;
-            counts::add(home, &task.class, &Delta::add(TaskState::Failed, 1));
+            moves::move_out(home, &path, &mut task, &Delta::add(TaskState::Failed, 1))?;
             let reason = if no_retry {
                 "--no-retry".to_string()
             } else {
@@ -247,8 +245,7 @@ pub fn fail_with(
             }
             task.transition(TaskState::Pending, by.as_deref(), &reason, now);
             task.reset_claim();
-            moves::move_out(home, &path, &mut task)?;
-            counts::add(home, &task.class, &Delta::add(TaskState::Pending, 1));
+            moves::move_out(home, &path, &mut task, &Delta::add(TaskState::Pending, 1))?;
         }
         for ev in &mut evs {
             ev.worker_id = claimant.clone();
@@ -323,15 +320,15 @@ pub fn requeue(home: &Home, id: &str, caller: Option<&Caller>, reason: &str) -> 
     }
     task.transition(TaskState::Pending, None, reason, now);
     task.reset_claim();
-    moves::move_out(home, &path, &mut task)?;
-    counts::add(
+    moves::move_out(
         home,
-        &task.class,
+        &path,
+        &mut task,
         &Delta::moved(
             (from_dir != TaskState::Processing).then_some(from_dir),
             Some(TaskState::Pending),
         ),
-    );
+    )?;
     let mut ev = task_event(
         EventType::TaskRequeued,
         &task,
@@ -414,12 +411,12 @@ pub fn cancel(home: &Home, id: &str, reason: &str) -> Result<Cancelled> {
                 }
                 task.transition(TaskState::Cancelled, None, reason, now);
                 task.cancelled_at = Some(now);
-                moves::move_out(home, &path, &mut task)?;
-                counts::add(
+                moves::move_out(
                     home,
-                    &task.class,
+                    &path,
+                    &mut task,
                     &Delta::moved(Some(TaskState::Deferred), Some(TaskState::Cancelled)),
-                );
+                )?;
                 for d in &task.after {
                     let dir = layout::deps_dir(home).join(d);
                     let _ = std::fs::remove_file(dir.join(id));
@@ -503,8 +500,7 @@ pub fn finish_cancel(home: &Home, id: &str, caller: &Caller) -> Result<Task> {
         let by = caller.worker.clone().or(task.claimed_by.clone());
         task.transition(TaskState::Cancelled, by.as_deref(), "cancelled", now);
         task.cancelled_at = Some(now);
-        moves::move_out(home, &path, &mut task)?;
-        counts::add(home, &task.class, &Delta::add(TaskState::Cancelled, 1));
+        moves::move_out(home, &path, &mut task, &Delta::add(TaskState::Cancelled, 1))?;
         emit(
             home,
             cancelled_event(&task, "cancel requested", TaskState::Processing),

@@ -401,17 +401,7 @@ fn a_worker_killed_mid_move_owes_a_recount_the_monitor_pays() {
         enqueue(&s, "c");
     }
     let mut m = Monitor::start(&s, &[]);
-    // The move the killed worker made without its count update: a pending task gone.
-    let pending: Vec<_> = walkdir::WalkDir::new(s.coord().join("tasks/pending"))
-        .into_iter()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.file_type().is_file())
-        .map(|e| e.into_path())
-        .collect();
-    assert_eq!(pending.len(), 3, "{pending:?}");
-    std::fs::remove_file(&pending[0]).unwrap();
-    let (drifted, text) = doctor_clean(&s);
-    assert!(!drifted && text.contains("count_drift"), "{text}");
+    drift_one_pending(&s);
     let r = Reaper::default();
     let (id, pid) = spawn_sh(&s, &r, &[], "sleep 60");
     assert!(wait_until(Duration::from_secs(10), || alive(pid)));
@@ -431,4 +421,50 @@ fn a_worker_killed_mid_move_owes_a_recount_the_monitor_pays() {
     });
     assert!(repaired, "doctor: {last}\n{}", m.stderr());
     assert_eq!(m.terminate().code(), Some(0), "{}", m.stderr());
+}
+
+/// The move a killed worker made without its count update: a pending task gone, and
+/// `doctor` says so.
+fn drift_one_pending(s: &Scene) {
+    let pending: Vec<_> = walkdir::WalkDir::new(s.coord().join("tasks/pending"))
+        .into_iter()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_file())
+        .map(|e| e.into_path())
+        .collect();
+    assert_eq!(pending.len(), 3, "{pending:?}");
+    std::fs::remove_file(&pending[0]).unwrap();
+    let (drifted, text) = doctor_clean(s);
+    assert!(!drifted && text.contains("count_drift"), "{text}");
+}
+
+/// The same drift where no daemon watches: cron's `--once` passes find the worker dead and
+/// move it. Whoever moves a worker out of `active/` other than completed with exit 0 owes
+/// the recount (the daemon's own observation of the move is not needed), so the next pass
+/// pays it.
+#[test]
+fn a_worker_found_dead_by_once_owes_the_recount_too() {
+    let s = Scene::new();
+    for _ in 0..3 {
+        enqueue(&s, "c");
+    }
+    // A first pass, so that the counts are initialised and nothing else is owed.
+    s.ok("heartbeat-monitor", &["--once", "-q"]);
+    let r = Reaper::default();
+    let (id, pid) = spawn_sh(&s, &r, &[], "sleep 60");
+    assert!(wait_until(Duration::from_secs(10), || alive(pid)));
+    drift_one_pending(&s);
+    signal_group(pid, libc::SIGKILL);
+    assert!(wait_until(Duration::from_secs(10), || !alive(pid)));
+    let mut last = String::new();
+    let mut passes = 0;
+    let repaired = wait_until(Duration::from_secs(10), || {
+        s.ok("heartbeat-monitor", &["--once", "-q"]);
+        passes += 1;
+        let (ok, text) = doctor_clean(&s);
+        last = text;
+        ok && !s.ids_in("active").contains(&id)
+    });
+    assert!(repaired, "after {passes} passes, doctor: {last}");
+    assert!(passes <= 2, "took {passes} passes");
 }
