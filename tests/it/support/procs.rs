@@ -97,6 +97,9 @@ impl Drop for Monitor {
         let _ = self.child.wait();
         if std::thread::panicking() {
             eprintln!("--- monitor log\n{}", self.stderr());
+            if let Some(m) = super::panic_message(1500) {
+                eprintln!("--- the failure (repeated after the log)\n{m}");
+            }
         }
     }
 }

@@ -28,6 +28,7 @@ impl Scene {
 
     /// A home with `total` tokens.
     pub fn with_tokens(total: u64) -> Scene {
+        super::keep_panic_messages();
         let dir = tempfile::tempdir().expect("tempdir");
         let home = dir.path().join("home");
         let s = Scene {
