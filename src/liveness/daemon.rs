@@ -37,6 +37,21 @@ pub fn paced_by(interval_s: f64, took_ms: i64, factor: i64) -> i64 {
     secs_ms(interval_s).max(took_ms.saturating_mul(factor))
 }
 
+/// When the next queue maintenance pass runs after one that took `took_ms`: at its paced
+/// interval ([`paced`]), or sooner when a task the pass kept will need a decision by time
+/// alone at `next_change_ms` (a lease that runs out), but never sooner than 1/[`PACING_SOON`]
+/// of a core allows.
+pub fn next_pass_at(now: i64, interval_s: f64, took_ms: i64, next_change_ms: Option<i64>) -> i64 {
+    let paced_at = now.saturating_add(paced(interval_s, took_ms));
+    match next_change_ms {
+        Some(due) => {
+            let soonest = now.saturating_add(paced_by(0.2, took_ms, PACING_SOON));
+            paced_at.min(due.saturating_add(1).max(soonest))
+        }
+        None => paced_at,
+    }
+}
+
 /// Work for the housekeeping thread: queue maintenance and Prometheus read every spec and
 /// take task locks, so they never run on the loop's thread (S4).
 enum Job {
@@ -249,7 +264,8 @@ impl Monitor {
                     took_ms,
                     summary,
                     error,
-                } => self.housekeeping_done(prometheus, took_ms, summary, error),
+                    next_change_ms,
+                } => self.housekeeping_done(prometheus, took_ms, summary, error, next_change_ms),
                 Msg::Launched(workers) => self.launched(workers),
                 Msg::ContainerExit { id, how, answer } => {
                     self.container_answered(&id, &how, answer)
@@ -272,19 +288,25 @@ impl Monitor {
                     upkeep.next_job(&rx, &home, policy.as_ref(), &tx, waker.as_ref())
                 {
                     let t = std::time::Instant::now();
-                    let (prometheus, summary, error) = match job {
+                    let (prometheus, summary, error, next_change_ms) = match job {
                         Job::Maintain(p) => {
                             let res = crate::queue::maintain(&home, &p, time::now());
                             policy = Some(*p);
                             match res {
-                                Ok(m) => (false, Some(m.summary), None),
-                                Err(e) => (false, None, Some(e.to_string())),
+                                Ok(m) => (
+                                    false,
+                                    Some(m.summary),
+                                    None,
+                                    m.next_change.map(|t| t.timestamp_millis()),
+                                ),
+                                Err(e) => (false, None, Some(e.to_string()), None),
                             }
                         }
                         Job::Prometheus => {
                             let path = home.prom_path();
                             let err = crate::view::write_prometheus(&home, &path).err();
-                            (true, None, err.map(|e| format!("{}: {e}", path.display())))
+                            let err = err.map(|e| format!("{}: {e}", path.display()));
+                            (true, None, err, None)
                         }
                     };
                     let msg = Msg::Housekeeping {
@@ -292,6 +314,7 @@ impl Monitor {
                         took_ms: t.elapsed().as_millis() as i64,
                         summary,
                         error,
+                        next_change_ms,
                     };
                     if tx.send(msg).is_err() {
                         return;
@@ -311,6 +334,7 @@ impl Monitor {
         took_ms: i64,
         summary: Option<String>,
         error: Option<String>,
+        next_change_ms: Option<i64>,
     ) {
         let now = now_ms();
         if prometheus {
@@ -337,7 +361,12 @@ impl Monitor {
                 now.saturating_add(secs_ms(self.policy.summary_interval_seconds));
             tracing::info!("{s}");
         }
-        let at = now.saturating_add(paced(self.settings.maintain_interval, took_ms));
+        let at = next_pass_at(
+            now,
+            self.settings.maintain_interval,
+            took_ms,
+            next_change_ms,
+        );
         if self
             .timers
             .when(&Timer::Housekeeping)
@@ -581,6 +610,20 @@ fn still_child(pid: i32) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_lease_running_out_brings_the_next_pass_forward_within_its_budget() {
+        let now = 1_000_000;
+        // 50 ms passes: paced to 20 s; a lease that lapses in 8 s is acted on then.
+        assert_eq!(next_pass_at(now, 1.0, 50, None), now + 20_000);
+        assert_eq!(next_pass_at(now, 1.0, 50, Some(now + 8_000)), now + 8_001);
+        // Never sooner than 1 % of a core: 5 s after a 50 ms pass.
+        assert_eq!(next_pass_at(now, 1.0, 50, Some(now + 10)), now + 5_000);
+        // A lease further off than the paced pass changes nothing.
+        assert_eq!(next_pass_at(now, 1.0, 50, Some(now + 60_000)), now + 20_000);
+        // A cheap pass on a quiet home: the configured interval, or the lease if sooner.
+        assert_eq!(next_pass_at(now, 1.0, 1, Some(now + 300)), now + 301);
+    }
 
     #[test]
     fn periodic_passes_are_paced_by_their_cost() {

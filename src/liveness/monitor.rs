@@ -98,6 +98,8 @@ pub enum Msg {
         took_ms: i64,
         summary: Option<String>,
         error: Option<String>,
+        /// Unix ms when a task the pass kept will need a decision by time alone (a lease).
+        next_change_ms: Option<i64>,
     },
     /// Workers a pool launched on the housekeeping thread: `(pid, worker id)`.
     Launched(Vec<(i32, String)>),

@@ -51,6 +51,9 @@ pub struct Maintenance {
     pub requeued_classes: std::collections::BTreeSet<String>,
     /// One line for the monitor's log: `workers 3/3, queue 123 (llm:123), processing 2, stuck 2`.
     pub summary: String,
+    /// The earliest [`next_change`] of the tasks this pass kept in processing/.
+    #[serde(skip)]
+    pub next_change: Option<Timestamp>,
 }
 
 /// How the claimant of a processing task stands.
@@ -189,6 +192,31 @@ pub fn decide(
         }
         _ => Decision::Keep,
     }
+}
+
+/// When a task that [`decide`] keeps would be decided otherwise by the passing of time
+/// alone: a lease that runs out, or a claim without record that outlives the grace. The
+/// monitor runs its next pass then instead of at its paced interval, so a lapsed lease is
+/// requeued within moments even where passes are slow and therefore rare. `None`: nothing
+/// to wait for (a live claimant's task changes by events, not by time).
+pub fn next_change(
+    task: &Task,
+    claimant: &Claimant,
+    file_age_seconds: f64,
+    limits: Limits,
+    now: Timestamp,
+) -> Option<Timestamp> {
+    if task.is_unrecorded_claim() {
+        let left = limits.claim_grace_seconds - file_age_seconds;
+        return Some(crate::time::add_secs(now, left.max(0.0)));
+    }
+    if task.state != TaskState::Processing || *claimant != Claimant::NotAWorker {
+        return None;
+    }
+    task.lease_expires_at.or_else(|| {
+        task.claimed_at
+            .map(|c| crate::time::add_secs(c, limits.stuck_task_seconds))
+    })
 }
 
 /// What the monitor passes around about the workers.
@@ -488,6 +516,11 @@ pub fn maintain_with(
         let claimant = claimant_state(home, task.claimed_by.as_deref());
         let age = file_age(&path, now).unwrap_or(0.0);
         let d = decide(&task, &claimant, age, limits, now);
+        if d == Decision::Keep {
+            if let Some(t) = next_change(&task, &claimant, age, limits, now) {
+                out.next_change = Some(out.next_change.map_or(t, |n: Timestamp| n.min(t)));
+            }
+        }
         if matches!(d, Decision::Keep | Decision::Stuck { .. }) {
             processing += 1;
             if task
@@ -758,6 +791,45 @@ mod tests {
         assert_eq!(
             decide(&done, &Claimant::Live, 0.0, l, at(1)),
             Decision::FinishMove
+        );
+    }
+
+    #[test]
+    fn next_change_is_when_time_alone_would_change_the_decision() {
+        let l = Limits {
+            stuck_task_seconds: 300.0,
+            claim_grace_seconds: 5.0,
+        };
+        let t0 = time::parse("2026-01-01T00:00:00Z").unwrap();
+        let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        let t = claimed("a-cron-job", t0);
+        // The lease of a claimant that is no worker: when it lapses, decide says requeue.
+        let due = next_change(&t, &Claimant::NotAWorker, 0.0, l, at(10));
+        assert_eq!(due, Some(at(300)));
+        assert_eq!(
+            decide(&t, &Claimant::NotAWorker, 0.0, l, at(299)),
+            Decision::Keep
+        );
+        assert!(matches!(
+            decide(&t, &Claimant::NotAWorker, 0.0, l, at(300)),
+            Decision::Requeue(_)
+        ));
+        // A live worker's task changes by events (the worker ends), not by time.
+        assert_eq!(next_change(&t, &Claimant::Live, 0.0, l, at(10)), None);
+        // A claim without record: when it outlives the grace.
+        let mut unrec = t.clone();
+        unrec.state = TaskState::Pending;
+        unrec.claimed_by = None;
+        assert_eq!(
+            next_change(&unrec, &Claimant::Unrecorded, 2.0, l, at(1)),
+            Some(at(4))
+        );
+        // No lease recorded: the stuck limit from the claim is the lease.
+        let mut no_lease = t.clone();
+        no_lease.lease_expires_at = None;
+        assert_eq!(
+            next_change(&no_lease, &Claimant::NotAWorker, 0.0, l, at(1)),
+            Some(at(300))
         );
     }
 }

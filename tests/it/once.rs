@@ -157,3 +157,34 @@ fn once_expires_leases() {
     s.ok("heartbeat-monitor", &["--once"]);
     assert_eq!(tasks_in(&s, "pending"), [task]);
 }
+
+/// A lease the daemon's pass saw running is acted on when it lapses, not at the next paced
+/// pass (here 60 s away; on a slow or large home pacing alone put it up to a minute late).
+#[test]
+fn the_daemon_requeues_a_lapsed_lease_when_it_lapses() {
+    let s = Scene::new();
+    s.set_policy("maintain_interval_seconds", json!(60));
+    let task = enqueue(&s, "lease");
+    s.ok(
+        "task-queue",
+        &[
+            "claim",
+            "--worker",
+            "a-cron-job",
+            "--class",
+            "lease",
+            "--lease",
+            "3",
+        ],
+    );
+    let started = std::time::Instant::now();
+    let mut m = Monitor::start(&s, &[]);
+    assert!(
+        wait_until(Duration::from_secs(20), || tasks_in(&s, "pending")
+            == std::slice::from_ref(&task)),
+        "not requeued after {:?}\n{}",
+        started.elapsed(),
+        m.stderr()
+    );
+    assert_eq!(m.terminate().code(), Some(0), "{}", m.stderr());
+}
