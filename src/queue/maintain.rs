@@ -140,7 +140,7 @@ pub fn decide(
     if task.is_unrecorded_claim() {
         // No claim record: the claimer died between its rename and its record (or its disk
         // was full). A live claimer writes it within milliseconds.
-        return if file_age_seconds > limits.claim_grace_seconds {
+        return if file_age_seconds >= limits.claim_grace_seconds {
             Decision::Requeue(format!(
                 "claimed {file_age_seconds:.0}s ago but the claim was never recorded"
             ))
@@ -173,7 +173,7 @@ pub fn decide(
                 Some(exp) => now >= exp,
                 None => task
                     .processing_seconds(now)
-                    .is_some_and(|e| e > limits.stuck_task_seconds),
+                    .is_some_and(|e| e >= limits.stuck_task_seconds),
             };
             if expired {
                 return gone(format!(
@@ -727,13 +727,28 @@ mod tests {
         t
     }
 
-    #[test]
-    fn decisions_follow_claimant_lease_grace_and_time() {
-        let l = Limits {
+    /// `t` as a claim that was never recorded (the claimer died after its rename).
+    fn unrecorded(t: &Task) -> Task {
+        let mut u = t.clone();
+        u.state = TaskState::Pending;
+        u.claimed_by = None;
+        u
+    }
+
+    fn limits() -> Limits {
+        Limits {
             stuck_task_seconds: 300.0,
             claim_grace_seconds: 5.0,
-        };
-        let t0 = time::parse("2026-01-01T00:00:00Z").unwrap();
+        }
+    }
+
+    fn t0() -> Timestamp {
+        time::parse("2026-01-01T00:00:00Z").unwrap()
+    }
+
+    #[test]
+    fn decisions_follow_claimant_lease_grace_and_time() {
+        let (l, t0) = (limits(), t0());
         let t = claimed("w1", t0);
         let at = |s: i64| t0 + chrono::Duration::seconds(s);
         assert_eq!(decide(&t, &Claimant::Live, 0.0, l, at(10)), Decision::Keep);
@@ -775,9 +790,7 @@ mod tests {
             Decision::Requeue(_)
         ));
         // A claim that was never recorded: requeued after seconds, not stuck_task_seconds.
-        let mut unrec = t.clone();
-        unrec.state = TaskState::Pending;
-        unrec.claimed_by = None;
+        let unrec = unrecorded(&t);
         assert_eq!(
             decide(&unrec, &Claimant::Unrecorded, 2.0, l, at(1)),
             Decision::Keep
@@ -796,40 +809,32 @@ mod tests {
 
     #[test]
     fn next_change_is_when_time_alone_would_change_the_decision() {
-        let l = Limits {
-            stuck_task_seconds: 300.0,
-            claim_grace_seconds: 5.0,
-        };
-        let t0 = time::parse("2026-01-01T00:00:00Z").unwrap();
+        let (l, t0) = (limits(), t0());
         let at = |s: i64| t0 + chrono::Duration::seconds(s);
+        // What `next_change` promises: kept just before it, decided otherwise at it.
+        let flips_at = |task: &Task, c: &Claimant, now: Timestamp| {
+            let due = next_change(task, c, 0.0, l, now).expect("a time");
+            let before = due - chrono::Duration::milliseconds(1);
+            let age = |t: Timestamp| time::secs_between(now, t);
+            assert_eq!(decide(task, c, age(before), l, before), Decision::Keep);
+            assert_ne!(decide(task, c, age(due), l, due), Decision::Keep);
+            due
+        };
         let t = claimed("a-cron-job", t0);
-        // The lease of a claimant that is no worker: when it lapses, decide says requeue.
-        let due = next_change(&t, &Claimant::NotAWorker, 0.0, l, at(10));
-        assert_eq!(due, Some(at(300)));
-        assert_eq!(
-            decide(&t, &Claimant::NotAWorker, 0.0, l, at(299)),
-            Decision::Keep
-        );
-        assert!(matches!(
-            decide(&t, &Claimant::NotAWorker, 0.0, l, at(300)),
-            Decision::Requeue(_)
-        ));
+        // The lease of a claimant that is no worker.
+        assert_eq!(flips_at(&t, &Claimant::NotAWorker, at(10)), at(300));
         // A live worker's task changes by events (the worker ends), not by time.
         assert_eq!(next_change(&t, &Claimant::Live, 0.0, l, at(10)), None);
-        // A claim without record: when it outlives the grace.
-        let mut unrec = t.clone();
-        unrec.state = TaskState::Pending;
-        unrec.claimed_by = None;
+        // A claim without record: when it outlives the grace (5 s from a file 2 s old).
+        let unrec = unrecorded(&t);
         assert_eq!(
             next_change(&unrec, &Claimant::Unrecorded, 2.0, l, at(1)),
             Some(at(4))
         );
+        assert_eq!(flips_at(&unrec, &Claimant::Unrecorded, at(1)), at(6));
         // No lease recorded: the stuck limit from the claim is the lease.
         let mut no_lease = t.clone();
         no_lease.lease_expires_at = None;
-        assert_eq!(
-            next_change(&no_lease, &Claimant::NotAWorker, 0.0, l, at(1)),
-            Some(at(300))
-        );
+        assert_eq!(flips_at(&no_lease, &Claimant::NotAWorker, at(1)), at(300));
     }
 }

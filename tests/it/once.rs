@@ -136,22 +136,26 @@ fn once_fires_due_restarts() {
     }
 }
 
+/// A task of class `lease` claimed by a claimant that is no worker, for `lease` seconds.
+fn claimed_by_a_cron_job(s: &Scene, lease: &str) -> String {
+    let task = enqueue(s, "lease");
+    let args = [
+        "claim",
+        "--worker",
+        "a-cron-job",
+        "--class",
+        "lease",
+        "--lease",
+        lease,
+    ];
+    s.ok("task-queue", &args);
+    task
+}
+
 #[test]
 fn once_expires_leases() {
     let s = Scene::new();
-    let task = enqueue(&s, "lease");
-    s.ok(
-        "task-queue",
-        &[
-            "claim",
-            "--worker",
-            "a-cron-job",
-            "--class",
-            "lease",
-            "--lease",
-            "1",
-        ],
-    );
+    let task = claimed_by_a_cron_job(&s, "1");
     assert_eq!(tasks_in(&s, "processing"), std::slice::from_ref(&task));
     std::thread::sleep(Duration::from_millis(1500));
     s.ok("heartbeat-monitor", &["--once"]);
@@ -164,19 +168,7 @@ fn once_expires_leases() {
 fn the_daemon_requeues_a_lapsed_lease_when_it_lapses() {
     let s = Scene::new();
     s.set_policy("maintain_interval_seconds", json!(60));
-    let task = enqueue(&s, "lease");
-    s.ok(
-        "task-queue",
-        &[
-            "claim",
-            "--worker",
-            "a-cron-job",
-            "--class",
-            "lease",
-            "--lease",
-            "3",
-        ],
-    );
+    let task = claimed_by_a_cron_job(&s, "3");
     let started = std::time::Instant::now();
     let mut m = Monitor::start(&s, &[]);
     assert!(
