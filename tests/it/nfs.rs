@@ -479,17 +479,18 @@ fn queue_is_exactly_once_with_claimers_on_both_mounts_and_a_sigkill() {
     r.keep(victim);
     signal_group(victim_pid, libc::SIGKILL);
     let m = HostMonitor::start(&s, A, false, &["--poll-interval", "0.5"]);
-    // The work loops stay idle long enough for the victim's task to come back: that needs
-    // the monitor's paced maintenance (0.25 % of a core; a pass costs ~150 ms in the guest,
-    // so up to a minute apart) to see its lease lapsed. They then exit when idle (exit 0).
-    let a = work(A, "wa", "150", "cat >/dev/null");
-    let b = work(B, "wb", "150", "cat >/dev/null");
-    let done = wait_until(Duration::from_secs(240), || {
+    // The work loops stay idle long enough for the victim's task to come back: the
+    // monitor's first pass sees its lease and runs the next one when the lease lapses (no
+    // sooner than 1 % of a core allows: a pass costs ~150 ms in the guest, so ~15 s). They
+    // then exit when idle (exit 0).
+    let a = work(A, "wa", "60", "cat >/dev/null");
+    let b = work(B, "wb", "60", "cat >/dev/null");
+    let done = wait_until(Duration::from_secs(150), || {
         s.names_in("tasks/completed").len() == n
     });
     let outs: Vec<_> = [a, b]
         .into_iter()
-        .map(|c| wait_child(c, Duration::from_secs(300)).expect("work loop exits when idle"))
+        .map(|c| wait_child(c, Duration::from_secs(200)).expect("work loop exits when idle"))
         .collect();
     let report = || {
         let processing: Vec<Value> = s
