@@ -253,6 +253,20 @@ mod tests {
     use super::*;
     use crate::lifecycle::SpawnRequest;
 
+    /// `f` again while it finds the worker's lock busy: another test thread of this process
+    /// that starts a child holds every open descriptor of the process, our lock files'
+    /// included, between its fork and its exec (they are close-on-exec), so a lock just
+    /// dropped can look held for a moment. The monitor retries a busy worker the same way.
+    fn unbusy<T>(mut f: impl FnMut() -> Outcome<T>) -> Outcome<T> {
+        for _ in 0..200 {
+            match f() {
+                Outcome::Busy => std::thread::sleep(std::time::Duration::from_millis(10)),
+                other => return other,
+            }
+        }
+        Outcome::Busy
+    }
+
     fn spawn(home: &Home) -> String {
         let req = SpawnRequest {
             worker_type: "build-worker".into(),
@@ -272,11 +286,14 @@ mod tests {
         assert!(matches!(update(&home, &id, |_| true), Outcome::Busy));
         assert!(t.elapsed() < std::time::Duration::from_secs(1));
         drop(held);
-        let Outcome::Done(s) = fail(&home, &id, "x", Some(3), None) else {
+        let Outcome::Done(s) = unbusy(|| fail(&home, &id, "x", Some(3), None)) else {
             panic!("not failed");
         };
         assert_eq!(s.status, Status::Failed);
-        assert!(matches!(fail(&home, &id, "x", None, None), Outcome::Moved));
+        assert!(matches!(
+            unbusy(|| fail(&home, &id, "x", None, None)),
+            Outcome::Moved
+        ));
         assert_eq!(retry_delay_ms(0), RETRY_MIN_MS);
         assert_eq!(retry_delay_ms(2), 400);
         assert_eq!(retry_delay_ms(40), RETRY_MAX_MS);
@@ -297,14 +314,15 @@ mod tests {
         let mut s = spec::load(&home, &id).unwrap().spec;
         s.set_status(Status::Completed, "done", time::now());
         spec::save(&home, StateDir::Active, &s).unwrap();
-        let Outcome::Done(Some(moved)) = finish_move(&home, &id, StateDir::Active) else {
+        let Outcome::Done(Some(moved)) = unbusy(|| finish_move(&home, &id, StateDir::Active))
+        else {
             panic!("not finished");
         };
         assert_eq!(moved.status, Status::Completed);
         assert_eq!(spec::locate(&home, &id).unwrap().0, StateDir::Completed);
         assert_eq!(crate::budget::read(&home).unwrap().used, 0, "released");
         assert!(matches!(
-            finish_move(&home, &id, StateDir::Active),
+            unbusy(|| finish_move(&home, &id, StateDir::Active)),
             Outcome::Done(None)
         ));
     }
@@ -320,16 +338,19 @@ mod tests {
             spec::save(home, StateDir::Active, &s).unwrap();
         };
         future(&home);
-        let Outcome::Done(u) = clamp_future(&home, &id, now) else {
+        let Outcome::Done(u) = unbusy(|| clamp_future(&home, &id, now)) else {
             panic!()
         };
         assert!(u.written);
         assert_eq!(u.spec.heartbeat.last_seen, Some(now));
         future(&home);
-        assert!(matches!(clamp_future(&home, &id, now), Outcome::Done(_)));
+        assert!(matches!(
+            unbusy(|| clamp_future(&home, &id, now)),
+            Outcome::Done(_)
+        ));
         let text = std::fs::read_to_string(home.events_path()).unwrap();
         assert_eq!(text.matches("clock_ahead").count(), 1, "{text}");
-        let Outcome::Done(u) = clamp_future(&home, &id, now) else {
+        let Outcome::Done(u) = unbusy(|| clamp_future(&home, &id, now)) else {
             panic!()
         };
         assert!(!u.written, "nothing ahead any more");

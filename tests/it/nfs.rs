@@ -85,10 +85,9 @@ fn wait_child(mut c: std::process::Child, timeout: Duration) -> Option<std::proc
 /// works on NFS, where flock is emulated with byte-range locks and an exclusive one needs a
 /// descriptor open for writing.
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn liveness_lock_is_seen_across_mounts() {
-    let Some(s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let s = NfsScene::new(1_000_000);
     let rel = ".locks/alive/w-lock.lock";
     let path_a = s.coord(A).join(rel);
     std::fs::create_dir_all(path_a.parent().unwrap()).unwrap();
@@ -113,10 +112,9 @@ fn liveness_lock_is_seen_across_mounts() {
 /// A worker whose only liveness signal is its lock (held by `heartbeat --loop --hold-lock`)
 /// is declared gone when the lock holder is SIGKILLed.
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn a_sigkilled_lock_only_worker_is_detected() {
-    let Some(s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let s = NfsScene::new(1_000_000);
     let r = Reaper::default();
     let id = s.ok(A, "spawn-worker", &["--type", "build-worker"]);
     let mut target = std::process::Command::new("sleep")
@@ -166,10 +164,9 @@ fn a_sigkilled_lock_only_worker_is_detected() {
 /// A launched worker SIGKILLed on this host is detected within the poll interval (its pidfd
 /// fires; NFS changes nothing about local processes).
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn a_sigkilled_local_worker_is_detected() {
-    let Some(s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let s = NfsScene::new(1_000_000);
     let r = Reaper::default();
     let m = HostMonitor::start(&s, A, false, &["--poll-interval", "0.5"]);
     let (id, pid) = launch(&s, A, &["sleep", "300"]);
@@ -191,10 +188,9 @@ fn a_sigkilled_local_worker_is_detected() {
 /// A's worker by heartbeat age alone: alive while A beats, a zombie once A falls silent past
 /// `zombie_seconds`, and never signalled: the worker process is still running afterwards.
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn another_hosts_worker_is_judged_by_heartbeat_age_and_never_signalled() {
-    let Some(s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let s = NfsScene::new(1_000_000);
     let r = Reaper::default();
     let (id, pid) = launch(&s, A, &["sleep", "300"]);
     r.add(pid);
@@ -274,10 +270,9 @@ fn another_hosts_worker_is_judged_by_heartbeat_age_and_never_signalled() {
 /// `claim --wait` on host B sees an enqueue made on host A within the poll interval
 /// (inotify sees only local changes on NFS).
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn claim_wait_sees_another_hosts_enqueue() {
-    let Some(mut s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let mut s = NfsScene::new(1_000_000);
     s.set_env("CORRAL_POLL_INTERVAL", "0.5");
     let r = Reaper::default();
     let claim = start(
@@ -300,10 +295,9 @@ fn claim_wait_sees_another_hosts_enqueue() {
 
 /// `task-queue work` on host B picks up a task host A enqueued while it was idle.
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn work_sees_another_hosts_enqueue() {
-    let Some(mut s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let mut s = NfsScene::new(1_000_000);
     s.set_env("CORRAL_POLL_INTERVAL", "0.5");
     let r = Reaper::default();
     let work = start(
@@ -357,10 +351,9 @@ fn repeat(s: &NfsScene, h: Host, n: usize, name: &str, args: &[&str]) -> Vec<Str
 /// path is looked up under the worker lock before it is opened, and a path lookup that meets
 /// a stale handle is retried by the kernel; this test keeps that so.)
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn heartbeats_from_both_mounts_sum_exactly() {
-    let Some(s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let s = NfsScene::new(1_000_000);
     let id = s.ok(A, "spawn-worker", &["--type", "build-worker"]);
     let n = 12;
     let failures: Vec<String> = std::thread::scope(|sc| {
@@ -382,10 +375,9 @@ fn heartbeats_from_both_mounts_sum_exactly() {
 /// every spawn succeeds and `used` is the sum of the allocations; `recalc-budget --check`
 /// finds no drift from either host.
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn spawns_from_both_mounts_keep_the_budget_exact() {
-    let Some(s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let s = NfsScene::new(1_000_000);
     let n = 8;
     let failures: Vec<String> = std::thread::scope(|sc| {
         let hs: Vec<_> = [A, B, A, B]
@@ -416,10 +408,9 @@ fn spawns_from_both_mounts_keep_the_budget_exact() {
 /// middle of a task: its claim is requeued when its lease expires, every task is completed
 /// once, none is lost or completed twice.
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn queue_is_exactly_once_with_claimers_on_both_mounts_and_a_sigkill() {
-    let Some(s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let s = NfsScene::new(1_000_000);
     let r = Reaper::default();
     let n = 12;
     let tasks: BTreeSet<String> = (0..n)
@@ -538,10 +529,9 @@ fn queue_is_exactly_once_with_claimers_on_both_mounts_and_a_sigkill() {
 /// `corral doctor` and `recalc-budget` agree, from either host, after workers were spawned,
 /// completed and failed through both mounts.
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn doctor_and_recalc_budget_agree_across_hosts() {
-    let Some(s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let s = NfsScene::new(1_000_000);
     let ids: Vec<String> = [A, A, B, B]
         .iter()
         .map(|&h| {
@@ -568,10 +558,9 @@ fn doctor_and_recalc_budget_agree_across_hosts() {
 /// (exit 5), not "does not exist" (3): B's cached "no such file" for `zombie/<id>` must not
 /// hide the move.
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn a_heartbeat_after_another_host_moved_the_worker_is_a_conflict() {
-    let Some(s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let s = NfsScene::new(1_000_000);
     let id = s.ok(A, "spawn-worker", &["--type", "build-worker"]);
     // B looks the worker up (and so caches what it saw), then A moves it.
     s.ok(B, "heartbeat", &[&id]);
@@ -588,10 +577,9 @@ fn a_heartbeat_after_another_host_moved_the_worker_is_a_conflict() {
 /// A lock wait that exceeds `CORRAL_LOCK_TIMEOUT` on NFS exits 5, names the lock and says
 /// another host may hold it (DESIGN §6 S4).
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn a_lock_wait_past_the_timeout_names_the_other_host() {
-    let Some(mut s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let mut s = NfsScene::new(1_000_000);
     s.set_env("CORRAL_LOCK_TIMEOUT", "2");
     let lock_a = s.coord(A).join(".locks/budget.lock");
     std::fs::create_dir_all(lock_a.parent().unwrap()).unwrap();
@@ -621,10 +609,9 @@ fn a_lock_wait_past_the_timeout_names_the_other_host() {
 /// The home is seen as a network filesystem from both mounts, so the monitor polls there
 /// (`--print-config` says so) and waits know to poll.
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn both_mounts_are_detected_as_network_filesystems() {
-    let Some(s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let s = NfsScene::new(1_000_000);
     for h in [A, B] {
         assert_eq!(corral::netfs::network_fs(&s.coord(h)), Some("nfs"));
         assert!(corral::netfs::poll_interval(&s.coord(h)).is_some());
@@ -639,10 +626,9 @@ fn both_mounts_are_detected_as_network_filesystems() {
 /// Reads of a file another mount keeps replacing by rename never fail when they go through
 /// `netfs::retry_estale` (the library's answer to the stale-handle reads above).
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn retry_estale_reads_a_file_the_other_mount_replaces() {
-    let Some(s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let s = NfsScene::new(1_000_000);
     let dir_a = s.coord(A).join("estale");
     std::fs::create_dir_all(&dir_a).unwrap();
     let target_a = dir_a.join("counter");
@@ -684,10 +670,9 @@ fn retry_estale_reads_a_file_the_other_mount_replaces() {
 /// One monitor per home across hosts: the singleton lock is a flock on the shared home, so a
 /// second `heartbeat-monitor` on host B is refused (exit 5) while host A's runs.
 #[test]
+#[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn one_monitor_per_home_across_hosts() {
-    let Some(s) = NfsScene::new(1_000_000) else {
-        return;
-    };
+    let s = NfsScene::new(1_000_000);
     let _m = HostMonitor::start(&s, A, false, &["--poll-interval", "0.5"]);
     let out = s.code(B, "heartbeat-monitor", &["--once"], 5);
     assert!(

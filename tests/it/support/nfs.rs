@@ -32,17 +32,19 @@ impl Host {
     }
 }
 
-/// The two mount points of the export, when running in the NFS guest.
-pub fn mounts() -> Option<(PathBuf, PathBuf)> {
+/// The two mount points of the export. The NFS tests are `#[ignore]`d on the host and run
+/// in the guest by `scripts/nfs test`, which sets these; run anywhere else they fail rather
+/// than pass without having tested anything.
+pub fn mounts() -> (PathBuf, PathBuf) {
     match (
         std::env::var_os("CORRAL_NFS_A"),
         std::env::var_os("CORRAL_NFS_B"),
     ) {
-        (Some(a), Some(b)) => Some((a.into(), b.into())),
-        _ => {
-            eprintln!("not on NFS: this test runs in the NFS guest (scripts/nfs test)");
-            None
-        }
+        (Some(a), Some(b)) => (a.into(), b.into()),
+        _ => panic!(
+            "not on NFS: CORRAL_NFS_A and CORRAL_NFS_B are unset (run these tests in the NFS \
+             guest: scripts/nfs test)"
+        ),
     }
 }
 
@@ -56,9 +58,9 @@ pub struct NfsScene {
 }
 
 impl NfsScene {
-    /// A fresh home with `total` tokens, made by `corral init` on host A; `None` off NFS.
-    pub fn new(total: u64) -> Option<NfsScene> {
-        let (a, b) = mounts()?;
+    /// A fresh home with `total` tokens, made by `corral init` on host A.
+    pub fn new(total: u64) -> NfsScene {
+        let (a, b) = mounts();
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let name = format!("t{}-{n}", std::process::id());
@@ -74,7 +76,7 @@ impl NfsScene {
             "corral",
             &["init", "--total-tokens", &total.to_string()],
         );
-        Some(s)
+        s
     }
 
     /// Adds an environment variable for every command.
