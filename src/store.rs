@@ -125,13 +125,43 @@ pub fn lock_timeout() -> Result<Duration> {
 
 /// An exclusive `flock` held until dropped. The kernel releases it if the process dies, so
 /// a lock file left behind blocks nobody.
+///
+/// Dropping it unlocks explicitly before closing: a lock belongs to the open file, and a
+/// child that another thread is starting holds a copy of every descriptor of the process
+/// between its fork and its exec, so a close alone could leave the lock held for that
+/// moment (seen as a worker found busy right after its lock was dropped). A lock meant to
+/// outlive the guard in a child that inherited it is given away with [`LockGuard::hand_off`].
 #[derive(Debug)]
 pub struct LockGuard {
     file: File,
     path: PathBuf,
+    /// False once handed off: dropping then only closes this process's copy.
+    unlock_on_drop: bool,
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if self.unlock_on_drop {
+            let _ = self.file.unlock();
+        }
+    }
 }
 
 impl LockGuard {
+    fn new(file: File, path: &Path) -> LockGuard {
+        LockGuard {
+            file,
+            path: path.to_path_buf(),
+            unlock_on_drop: true,
+        }
+    }
+
+    /// Closes this process's copy without unlocking: the lock stays with the processes that
+    /// inherited the open file (a launched worker keeps its liveness lock this way).
+    pub fn hand_off(mut self) {
+        self.unlock_on_drop = false;
+    }
+
     /// The lock file's path.
     pub fn path(&self) -> &Path {
         &self.path
@@ -199,10 +229,7 @@ pub fn lock(path: &Path) -> Result<LockGuard> {
 /// for good), waiting falls back to polling every few milliseconds.
 pub fn lock_within(path: &Path, timeout: Duration) -> Result<LockGuard> {
     let file = open_lock_file(path)?;
-    let guard = |file| LockGuard {
-        file,
-        path: path.to_path_buf(),
-    };
+    let guard = |file| LockGuard::new(file, path);
     match file.try_lock() {
         Ok(()) => return Ok(guard(file)),
         Err(std::fs::TryLockError::WouldBlock) => {}
@@ -265,10 +292,7 @@ const MAX_WAITERS: u64 = 256;
 pub fn try_lock(path: &Path) -> Result<Option<LockGuard>> {
     let file = open_lock_file(path)?;
     match file.try_lock() {
-        Ok(()) => Ok(Some(LockGuard {
-            file,
-            path: path.to_path_buf(),
-        })),
+        Ok(()) => Ok(Some(LockGuard::new(file, path))),
         Err(std::fs::TryLockError::WouldBlock) => Ok(None),
         Err(std::fs::TryLockError::Error(e)) => {
             Err(Error::io(format!("cannot lock {}", path.display()), e))
@@ -655,5 +679,42 @@ mod tests {
         assert!(q.exists() && !p.exists());
         let reason = std::fs::read_to_string(format!("{}.reason", q.display())).unwrap();
         assert!(reason.starts_with("malformed JSON"));
+    }
+
+    /// A child that inherited the lock's open file (as one being started by another thread
+    /// does until its exec) keeps a dropped guard's lock only when it was handed off.
+    #[test]
+    fn a_dropped_lock_is_free_even_where_a_child_holds_the_open_file_unless_handed_off() {
+        use std::os::fd::AsRawFd;
+        use std::os::unix::process::CommandExt;
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.lock");
+        let inherit = |g: &LockGuard| {
+            let fd = g.file().as_raw_fd();
+            let mut c = crate::process::command("sleep");
+            c.arg("30");
+            // SAFETY: fcntl only, between fork and exec.
+            unsafe {
+                c.pre_exec(move || {
+                    libc::fcntl(fd, libc::F_SETFD, 0);
+                    Ok(())
+                });
+            }
+            c.spawn().unwrap()
+        };
+        let g = lock(&p).unwrap();
+        let mut child = inherit(&g);
+        drop(g);
+        assert!(try_lock(&p).unwrap().is_some(), "dropped: free at once");
+        let _ = child.kill();
+        let _ = child.wait();
+
+        let g = lock(&p).unwrap();
+        let mut child = inherit(&g);
+        g.hand_off();
+        assert!(try_lock(&p).unwrap().is_none(), "handed off: the child holds it");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(try_lock(&p).unwrap().is_some(), "free once the child is gone");
     }
 }

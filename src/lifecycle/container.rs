@@ -193,7 +193,7 @@ pub(super) fn start(
         alive_lock: Some(alive.file()),
     })?;
     // The client (and conmon after it) holds the lock from here on.
-    drop(alive);
+    alive.hand_off();
     let target = Target {
         kind: plan.engine,
         name: plan.name.clone(),

@@ -526,7 +526,7 @@ fn launch_worker(
         alive_lock: Some(alive.file()),
     })?;
     // Our copy of the liveness lock closes here; the worker's inherited copy keeps it held.
-    drop(alive);
+    alive.hand_off();
     let mut info = ProcessInfo::capture(pid, l.command.clone()).unwrap_or_else(|_| ProcessInfo {
         host: process::host_name(),
         boot_id: process::boot_id(),

@@ -165,7 +165,7 @@ mod tests {
             env_remove: Vec::new(),
         })
         .unwrap();
-        drop(lock);
+        lock.hand_off();
         ProcessInfo::capture(pid, cmd).unwrap()
     }
 
