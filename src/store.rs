@@ -712,9 +712,15 @@ mod tests {
         let g = lock(&p).unwrap();
         let mut child = inherit(&g);
         g.hand_off();
-        assert!(try_lock(&p).unwrap().is_none(), "handed off: the child holds it");
+        assert!(
+            try_lock(&p).unwrap().is_none(),
+            "handed off: the child holds it"
+        );
         let _ = child.kill();
         let _ = child.wait();
-        assert!(try_lock(&p).unwrap().is_some(), "free once the child is gone");
+        assert!(
+            try_lock(&p).unwrap().is_some(),
+            "free once the child is gone"
+        );
     }
 }

@@ -13,7 +13,8 @@
 //! finds evidence of a crash (an unrecorded claim; a task requeued because its claimant died
 //! or its lease lapsed recounts that class's pending tasks; a worker that left `active/`
 //! other than completed with exit 0 owes every class's pending recount, see
-//! [`owe_recount`]); after a monitor that stopped uncleanly; when a head walk finds a class empty
+//! [`owe_recount`], an exact one while the finished states hold at most
+//! [`EXACT_RECOUNT_MAX_FILES`] files); after a monitor that stopped uncleanly; when a head walk finds a class empty
 //! that its count says is not (or the reverse: that class's pending count); a class's
 //! pending count every `queue.recount_seconds` (1 h) in maintenance, one class per pass;
 //! and on demand with `task-queue stats --exact` or the doctor check. A recount holds the
@@ -454,6 +455,35 @@ pub fn recount(home: &Home) -> Result<(BTreeMap<String, Counts>, Vec<Drift>)> {
     Ok((exact, drift))
 }
 
+/// Up to how many files in the counted one-file-per-task states (deferred, completed,
+/// failed, cancelled) an owed recount is exact rather than of the pending names only: a
+/// process killed between a finishing move and its count update leaves those counts off by
+/// one too, and reading 10,000 small files takes a fraction of a second.
+pub const EXACT_RECOUNT_MAX_FILES: usize = 10_000;
+
+/// Whether the counted one-file-per-task states hold at most `max` files together: reads
+/// at most `max + 1` names, so the answer costs the same at a million.
+pub fn filed_at_most(home: &Home, max: usize) -> bool {
+    let mut seen = 0usize;
+    for st in [
+        TaskState::Deferred,
+        TaskState::Completed,
+        TaskState::Failed,
+        TaskState::Cancelled,
+    ] {
+        let Ok(rd) = std::fs::read_dir(home.tasks_dir(st)) else {
+            continue;
+        };
+        for _ in rd {
+            seen += 1;
+            if seen > max {
+                return false;
+            }
+        }
+    }
+    true
+}
+
 /// Tasks of `class` held in `.claiming/` (a claim in progress, or left by a claimer that
 /// died): still pending for the counts, as in [`count_exact`].
 fn held_claims(home: &Home, class: &str) -> u64 {
@@ -497,6 +527,20 @@ pub fn recount_pending(home: &Home, class: &str) -> Result<u64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn filed_at_most_counts_the_finished_states_together() {
+        let (_d, h) = crate::home::test_home();
+        assert!(filed_at_most(&h, 0), "no directories yet");
+        for (st, n) in [(TaskState::Completed, 2), (TaskState::Failed, 1)] {
+            let d = layout::ensure_state_dir(&h, st).unwrap();
+            for i in 0..n {
+                std::fs::write(d.join(format!("t{i}.json")), "{}").unwrap();
+            }
+        }
+        assert!(filed_at_most(&h, 3));
+        assert!(!filed_at_most(&h, 2));
+    }
 
     #[test]
     fn deltas_accumulate_and_a_decrement_ahead_of_its_increment_is_kept() {

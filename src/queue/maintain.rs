@@ -558,9 +558,14 @@ pub fn maintain_with(
         all = counts::read_all(home)?;
     } else if counts::take_owed_recount(home) | crashed {
         // A worker or claimer died since the last pass, maybe between a move and its count
-        // update: recount every class's pending names.
-        for class in layout::classes(home)? {
-            counts::recount_pending(home, &class)?;
+        // update: recount every class's pending names, or everything while the finished
+        // states are small enough to read (a finishing move's count can be off as well).
+        if counts::filed_at_most(home, counts::EXACT_RECOUNT_MAX_FILES) {
+            counts::recount(home)?;
+        } else {
+            for class in layout::classes(home)? {
+                counts::recount_pending(home, &class)?;
+            }
         }
         out.recounted = true;
         all = counts::read_all(home)?;

@@ -401,7 +401,7 @@ fn a_worker_killed_mid_move_owes_a_recount_the_monitor_pays() {
         enqueue(&s, "c");
     }
     let mut m = Monitor::start(&s, &[]);
-    drift_one_pending(&s);
+    drift_counts(&s);
     let r = Reaper::default();
     let (id, pid) = spawn_sh(&s, &r, &[], "sleep 60");
     assert!(wait_until(Duration::from_secs(10), || alive(pid)));
@@ -423,9 +423,10 @@ fn a_worker_killed_mid_move_owes_a_recount_the_monitor_pays() {
     assert_eq!(m.terminate().code(), Some(0), "{}", m.stderr());
 }
 
-/// The move a killed worker made without its count update: a pending task gone, and
-/// `doctor` says so.
-fn drift_one_pending(s: &Scene) {
+/// The moves killed workers made without their count updates, and `doctor` says so: a
+/// pending task gone (pending kept 3, found 2), and a claimed task finished into
+/// `completed/` by hand (completed kept 0, found 1), which a pending recount cannot see.
+fn drift_counts(s: &Scene) {
     let pending: Vec<_> = walkdir::WalkDir::new(s.coord().join("tasks/pending"))
         .into_iter()
         .filter_map(|e| e.ok())
@@ -434,8 +435,23 @@ fn drift_one_pending(s: &Scene) {
         .collect();
     assert_eq!(pending.len(), 3, "{pending:?}");
     std::fs::remove_file(&pending[0]).unwrap();
+    let claimed: Value =
+        serde_json::from_str(&s.ok("task-queue", &["claim", "--worker", "w", "--class", "c"]))
+            .unwrap();
+    let id = claimed["task_id"].as_str().unwrap();
+    let processing = s.coord().join(format!("tasks/processing/{id}.json"));
+    let mut t = crate::support::read_json(&processing);
+    t["state"] = json!("completed");
+    t["completed_at"] = json!(from_now(0));
+    let done = s.coord().join(format!("tasks/completed/{id}.json"));
+    std::fs::create_dir_all(done.parent().unwrap()).unwrap();
+    std::fs::write(&done, serde_json::to_vec_pretty(&t).unwrap()).unwrap();
+    std::fs::remove_file(&processing).unwrap();
     let (drifted, text) = doctor_clean(s);
-    assert!(!drifted && text.contains("count_drift"), "{text}");
+    assert!(
+        !drifted && text.contains("pending: kept") && text.contains("completed: kept 0, found 1"),
+        "{text}"
+    );
 }
 
 /// The same drift where no daemon watches: cron's `--once` passes find the worker dead and
@@ -453,7 +469,7 @@ fn a_worker_found_dead_by_once_owes_the_recount_too() {
     let r = Reaper::default();
     let (id, pid) = spawn_sh(&s, &r, &[], "sleep 60");
     assert!(wait_until(Duration::from_secs(10), || alive(pid)));
-    drift_one_pending(&s);
+    drift_counts(&s);
     signal_group(pid, libc::SIGKILL);
     assert!(wait_until(Duration::from_secs(10), || !alive(pid)));
     let mut last = String::new();
