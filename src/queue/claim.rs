@@ -413,10 +413,13 @@ impl Claimer {
         // cut short by a SIGKILL, so a claimer killed here leaves the old content or the new
         // one, never a mix. A larger task gets a new file, as every claim did before.
         let home = self.home.clone();
+        let mut in_place = false;
         let written = task.to_bytes().and_then(|bytes| {
             crate::store::check_size(&to, bytes.len())?;
             if bytes.len() <= IN_PLACE_MAX && original.len() <= IN_PLACE_MAX {
-                rewrite(&file, &bytes, sync).ctx("write the claim record into", &hold)
+                in_place = true;
+                rewrite(&file, original.len(), &bytes, sync)
+                    .ctx("write the claim record into", &hold)
             } else {
                 replace(&home, &hold, &bytes, sync)
             }
@@ -431,9 +434,12 @@ impl Claimer {
         });
         if let Err(e) = placed {
             // Put it back as it was rather than strand it (a full disk, a refused size, a
-            // duplicate id in processing/).
-            let restored = if original.len() <= IN_PLACE_MAX {
-                rewrite(&file, &original, false).ctx("restore", &hold)
+            // duplicate id in processing/): in the inode it was written into, or (after a
+            // new file replaced it) as a new file again.
+            let restored = if in_place {
+                file.metadata()
+                    .and_then(|m| rewrite(&file, m.len() as usize, &original, false))
+                    .ctx("restore", &hold)
             } else {
                 replace(&self.home, &hold, &original, false)
             };
@@ -645,14 +651,10 @@ fn open_held(path: &Path) -> std::result::Result<(File, Vec<u8>), ReadError> {
             crate::store::MAX_FILE_BYTES
         )));
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
-    (&mut f)
-        .take(crate::store::MAX_FILE_BYTES + 1)
-        .read_to_end(&mut buf)
-        .map_err(|e| io("read", e))?;
-    if buf.len() as u64 > crate::store::MAX_FILE_BYTES {
-        return Err(ReadError::Refused("file too large".into()));
-    }
+    // Exactly the size the `stat` gave: nobody else writes a task held in `.claiming/`, so
+    // there is no end to look for past it (one `read`, not a second one that finds EOF).
+    let mut buf = vec![0u8; meta.len() as usize];
+    f.read_exact(&mut buf).map_err(|e| io("read", e))?;
     Ok((f, buf))
 }
 
@@ -660,11 +662,11 @@ fn open_held(path: &Path) -> std::result::Result<(File, Vec<u8>), ReadError> {
 const IN_PLACE_MAX: usize = 4096;
 
 /// Replaces the content of a held task in place (its data synced when `sync`), with one
-/// `pwrite` at offset 0: content shorter than what is there is padded with spaces (JSON
-/// allows trailing whitespace), so the file is never cut and no moment shows a mix.
-fn rewrite(f: &File, bytes: &[u8], sync: bool) -> std::io::Result<()> {
+/// `pwrite` at offset 0: content shorter than the `len` bytes there now is padded with
+/// spaces (JSON allows trailing whitespace), so the file is never cut and no moment shows a
+/// mix.
+fn rewrite(f: &File, len: usize, bytes: &[u8], sync: bool) -> std::io::Result<()> {
     use std::os::unix::fs::FileExt;
-    let len = f.metadata()?.len() as usize;
     if bytes.len() < len {
         let mut padded = Vec::with_capacity(len);
         padded.extend_from_slice(bytes);
