@@ -225,6 +225,15 @@ pub fn move_worker(
     Ok((dir, spec, releases))
 }
 
+/// Writes the events of a state move, followed by `budget_released` when the move let go
+/// of the worker's reservation ([`move_worker`]'s third result).
+pub fn emit_move(home: &Home, mut evs: Vec<Event>, spec: &WorkerSpec, released: bool) {
+    if released {
+        evs.push(budget_released_event(spec));
+    }
+    events::emit_many(home, &evs);
+}
+
 fn budget_released_event(spec: &WorkerSpec) -> Event {
     Event::new(
         EventType::BudgetReleased,
@@ -286,7 +295,7 @@ pub fn complete_worker(home: &Home, id: &str, summary: Option<&str>) -> Result<W
         },
     )?;
     let now = time::now();
-    let mut evs = vec![
+    let evs = vec![
         Event::new(EventType::WorkerCompleted, format!("{id} completed"))
             .worker(&spec)
             .with("summary", summary.unwrap_or(""))
@@ -294,10 +303,7 @@ pub fn complete_worker(home: &Home, id: &str, summary: Option<&str>) -> Result<W
             .with("uptime_seconds", uptime_seconds(&spec, now))
             .with("jobs_processed", jobs_processed(&spec)),
     ];
-    if released {
-        evs.push(budget_released_event(&spec));
-    }
-    events::emit_many(home, &evs);
+    emit_move(home, evs, &spec, released);
     Ok(spec)
 }
 
@@ -412,17 +418,14 @@ pub fn record_stopped(
         },
     )?;
     let now = time::now();
-    let mut evs = vec![
+    let evs = vec![
         Event::new(EventType::WorkerStopped, format!("{id} stopped: {reason}"))
             .worker(&spec)
             .with("reason", reason)
             .with("uptime_seconds", uptime_seconds(&spec, now))
             .with("jobs_processed", jobs_processed(&spec)),
     ];
-    if released {
-        evs.push(budget_released_event(&spec));
-    }
-    events::emit_many(home, &evs);
+    emit_move(home, evs, &spec, released);
     Ok(spec)
 }
 
@@ -440,17 +443,14 @@ pub fn archive_worker(home: &Home, id: &str, reason: &str) -> Result<WorkerSpec>
         },
         |_| {},
     )?;
-    let mut evs = vec![Event::new(
+    let evs = vec![Event::new(
         EventType::WorkerArchived,
         format!("{id} archived from {}/", from.name()),
     )
     .worker(&spec)
     .with("from", from.name())
     .with("reason", reason)];
-    if released {
-        evs.push(budget_released_event(&spec));
-    }
-    events::emit_many(home, &evs);
+    emit_move(home, evs, &spec, released);
     Ok(spec)
 }
 

@@ -125,25 +125,11 @@ pub fn finish_move(home: &Home, id: &str, dir: StateDir) -> Outcome<Option<Worke
             Status::Zombie => EventType::ZombieDetected,
             _ => EventType::WorkerStopped,
         };
-        let mut evs = vec![Event::new(kind, format!("{id}: {reason}"))
+        let ev = Event::new(kind, format!("{id}: {reason}"))
             .worker(&s)
             .with("reason", reason.clone())
-            .with("finished_by", "heartbeat-monitor")];
-        if released {
-            evs.push(
-                Event::new(
-                    EventType::BudgetReleased,
-                    format!(
-                        "released {} tokens of {id} ({} used)",
-                        s.token_budget.allocated, s.token_budget.used
-                    ),
-                )
-                .worker(&s)
-                .with("allocated", s.token_budget.allocated)
-                .with("used", s.token_budget.used),
-            );
-        }
-        events::emit_many(home, &evs);
+            .with("finished_by", "heartbeat-monitor");
+        lifecycle::emit_move(home, vec![ev], &s, released);
         Ok(Some(s))
     })
 }
