@@ -204,15 +204,7 @@ fn dead_letter_held(
         task,
         &Delta::moved(Some(TaskState::Deferred), Some(TaskState::Failed)),
     )?;
-    emit(
-        home,
-        super::task_event(
-            EventType::TaskDeadLettered,
-            task,
-            format!("{} dead-lettered: {why}", task.task_id),
-        )
-        .with("reason", why),
-    );
+    emit(home, super::dead_lettered_event(task, why));
     drop_markers(home, task);
     Ok(())
 }

@@ -262,15 +262,7 @@ fn place(
             if log_event {
                 emit(home, enqueued_event(task));
             }
-            emit(
-                home,
-                super::task_event(
-                    EventType::TaskDeadLettered,
-                    task,
-                    format!("{} dead-lettered: {why}", task.task_id),
-                )
-                .with("reason", why),
-            );
+            emit(home, super::dead_lettered_event(task, &why));
         }
     }
     Ok(())

@@ -403,15 +403,7 @@ fn apply(
             task.failed_at = Some(now);
             task.transition(TaskState::Failed, None, &why, now);
             moves::move_out(home, &path, &mut task, &Delta::add(TaskState::Failed, 1))?;
-            emit(
-                home,
-                task_event(
-                    EventType::TaskDeadLettered,
-                    &task,
-                    format!("{id} dead-lettered: {why}"),
-                )
-                .with("reason", why),
-            );
+            emit(home, super::dead_lettered_event(&task, &why));
             ended = true;
         }
         Decision::Cancel(why) => {

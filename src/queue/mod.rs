@@ -79,6 +79,16 @@ pub(crate) fn task_event(kind: EventType, task: &Task, message: String) -> Event
     ev
 }
 
+/// `task_dead_lettered` for `task`, with the reason it went to `failed/`.
+pub(crate) fn dead_lettered_event(task: &Task, reason: &str) -> Event {
+    task_event(
+        EventType::TaskDeadLettered,
+        task,
+        format!("{} dead-lettered: {reason}", task.task_id),
+    )
+    .with("reason", reason)
+}
+
 /// Indexes the explicit ids of pending tasks written before the id index existed (a home
 /// from an older corral), so `--id` stays unique. Runs once per home (the first explicit
 /// id); a home with no pending task makes it cheap.

@@ -222,13 +222,8 @@ pub fn fail_with(
                 format!("{} of {} attempts used", task.attempts, task.max_attempts)
             };
             evs.push(
-                task_event(
-                    EventType::TaskDeadLettered,
-                    &task,
-                    format!("{id} dead-lettered: {reason}"),
-                )
-                .with("reason", reason)
-                .with("error", super::task::cut(&why, 4096)),
+                super::dead_lettered_event(&task, &reason)
+                    .with("error", super::task::cut(&why, 4096)),
             );
         } else {
             let delay = policy.retry_delay(&task.class, task.attempts);
