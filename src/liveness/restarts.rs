@@ -441,6 +441,17 @@ mod tests {
         s
     }
 
+    /// A home where worker `id` failed and its restart is scheduled (no backoff).
+    fn scheduled(id: &str) -> (tempfile::TempDir, Home, Restarts, Timestamp) {
+        let (dir, home) = crate::home::test_home();
+        let types = WorkerTypes::load(&home).unwrap();
+        let s = failed_spec(&home, id);
+        let mut r = Restarts::load(&home).unwrap();
+        let now = time::now();
+        r.on_failure(&s, &quick(), &types, now);
+        (dir, home, r, now)
+    }
+
     fn quick() -> HeartbeatPolicy {
         let mut p = HeartbeatPolicy::default();
         p.restart.base_seconds = 0.0;
@@ -449,12 +460,7 @@ mod tests {
 
     #[test]
     fn the_new_id_is_saved_first_and_a_found_spec_is_not_spawned_again() {
-        let (_dir, home) = crate::home::test_home();
-        let types = WorkerTypes::load(&home).unwrap();
-        let s = failed_spec(&home, "w-old");
-        let mut r = Restarts::load(&home).unwrap();
-        let now = time::now();
-        r.on_failure(&s, &quick(), &types, now);
+        let (_dir, home, mut r, now) = scheduled("w-old");
         assert_eq!(r.due(&quick(), now), vec!["w-old".to_string()]);
         // Choose and save the id as fire() does, then "crash" after spawning it.
         let id = fresh_id(&home, "build-worker", now);
@@ -481,12 +487,7 @@ mod tests {
 
     #[test]
     fn an_archived_worker_is_not_brought_back() {
-        let (_dir, home) = crate::home::test_home();
-        let types = WorkerTypes::load(&home).unwrap();
-        let s = failed_spec(&home, "w-arch");
-        let mut r = Restarts::load(&home).unwrap();
-        let now = time::now();
-        r.on_failure(&s, &quick(), &types, now);
+        let (_dir, home, mut r, now) = scheduled("w-arch");
         crate::store::move_file(
             &home.spec_path(StateDir::Zombie, "w-arch"),
             &home.spec_path(StateDir::Archived, "w-arch"),
@@ -501,12 +502,7 @@ mod tests {
 
     #[test]
     fn a_due_restart_spawns_with_the_saved_id() {
-        let (_dir, home) = crate::home::test_home();
-        let types = WorkerTypes::load(&home).unwrap();
-        let s = failed_spec(&home, "w-f");
-        let mut r = Restarts::load(&home).unwrap();
-        let now = time::now();
-        r.on_failure(&s, &quick(), &types, now);
+        let (_dir, home, mut r, now) = scheduled("w-f");
         let Fired::Spawned(new) = r.fire("w-f", &quick(), now) else {
             panic!("not spawned")
         };
