@@ -10,10 +10,11 @@
 //! home and `CORRAL_HOST=host-a` / `host-b`; [`NfsScene::cmd_in_pidns`] adds a pid namespace
 //! of their own, so host B cannot even see host A's pids.
 
-use super::scene::{bin, read_json, run_with_timeout, wait_until};
+use super::procs::Monitor;
+use super::scene::{bin, read_json, run_with_timeout};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 /// Which mount (host) a command runs on.
@@ -250,56 +251,22 @@ impl Drop for NfsScene {
     }
 }
 
-/// A `heartbeat-monitor` on one host, SIGKILLed when dropped.
-pub struct HostMonitor {
-    pub child: Child,
-    pub log: PathBuf,
-}
+/// A `heartbeat-monitor` on one host (the shared [`Monitor`], SIGKILLed when dropped).
+pub struct HostMonitor;
 
 impl HostMonitor {
     /// Starts `heartbeat-monitor ARGS` on host `h` (in its own pid namespace with `pidns`)
     /// and waits until it is ready.
-    pub fn start(s: &NfsScene, h: Host, pidns: bool, args: &[&str]) -> HostMonitor {
+    pub fn start(s: &NfsScene, h: Host, pidns: bool, args: &[&str]) -> Monitor {
         let log = s.dir_a.join(format!("monitor-{}.stderr", h.name()));
-        let f = std::fs::File::create(&log).expect("monitor log");
         let mut c = if pidns {
             s.cmd_in_pidns(h, "heartbeat-monitor")
         } else {
             s.cmd(h, "heartbeat-monitor")
         };
-        let child = c
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(f)
-            .spawn()
-            .expect("start heartbeat-monitor");
-        let mut m = HostMonitor { child, log };
-        let ready = wait_until(Duration::from_secs(90), || {
-            m.stderr().contains("ready:") || m.child.try_wait().ok().flatten().is_some()
-        });
-        assert!(
-            ready && m.stderr().contains("ready:"),
-            "monitor on {} did not start:\n{}",
-            h.name(),
-            m.stderr()
-        );
-        m
-    }
-
-    pub fn stderr(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for HostMonitor {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- monitor log\n{}", self.stderr());
-            if let Some(m) = super::panic_message(1500) {
-                eprintln!("--- the failure (repeated after the log)\n{m}");
-            }
-        }
+        c.args(args);
+        Monitor::spawn(c, log, Duration::from_secs(90), || {
+            format!("(on {})", h.name())
+        })
     }
 }

@@ -21,23 +21,34 @@ impl Monitor {
         static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
         let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let log = s.dir.path().join(format!("monitor-{n}.stderr"));
+        let mut c = s.cmd("heartbeat-monitor");
+        c.args(args);
+        Monitor::spawn(c, log, Duration::from_secs(20), || s.tree())
+    }
+
+    /// Runs `cmd` (a `heartbeat-monitor`) with its stderr in `log` and waits up to `wait`
+    /// for it to say it is ready; `context` adds to the report when it does not.
+    pub fn spawn(
+        mut cmd: std::process::Command,
+        log: PathBuf,
+        wait: Duration,
+        context: impl Fn() -> String,
+    ) -> Monitor {
         let f = std::fs::File::create(&log).expect("log file");
-        let child = s
-            .cmd("heartbeat-monitor")
-            .args(args)
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(f)
             .spawn()
             .expect("start heartbeat-monitor");
         let mut m = Monitor { child, log };
-        let ready = wait_until(Duration::from_secs(20), || {
+        let ready = wait_until(wait, || {
             m.stderr().contains("ready:") || m.child.try_wait().ok().flatten().is_some()
         });
         assert!(
             ready && m.stderr().contains("ready:"),
             "monitor did not start:\n{}\n{}",
             m.stderr(),
-            s.tree()
+            context()
         );
         m
     }
