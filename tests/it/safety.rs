@@ -195,7 +195,10 @@ fn stop_worker_stops_what_outlived_the_leader_even_outside_its_group() {
     r.add(holders[0]);
     // The holder is seen from its fork on; setsid(2) runs a moment later in it.
     assert!(
-        wait_until(T, || matches!(stat(holders[0]), Some((_, g, _)) if g != pid)),
+        wait_until(
+            T,
+            || matches!(stat(holders[0]), Some((_, g, _)) if g != pid)
+        ),
         "in a group of its own: {:?}",
         stat(holders[0])
     );
