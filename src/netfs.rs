@@ -10,6 +10,9 @@
 //!   `open` succeeds on the cached entry and the first `fstat`/`read` fails with `ESTALE`.
 //!   Retrying at once fails again (the cached entry is still used); opening the parent
 //!   directory first makes the client revalidate the directory and drop the stale entry.
+//!   When the server still holds the replaced file open, the read even succeeds with the
+//!   old content (seen once in CI); that file's link count is 0, which `store`'s guarded
+//!   read reports as `ESTALE` too.
 //!   So [`retry_estale`] revalidates the parent and retries: measured, 2 × 300 locked
 //!   read-modify-writes from two mounts lost 0 updates with it (one revalidation always
 //!   sufficed), against 154 of 300 without it and 115 of 300 with plain retries.

@@ -431,11 +431,25 @@ fn read_guarded_once(path: &Path) -> std::result::Result<Vec<u8>, ReadError> {
             )))
         }
     };
+    read_opened(f, path)
+}
+
+/// The checks and the read of [`read_guarded`] on a file opened from `path`.
+fn read_opened(f: File, path: &Path) -> std::result::Result<Vec<u8>, ReadError> {
     let meta = f
         .metadata()
         .map_err(|e| ReadError::Io(Error::io(format!("cannot stat {}", path.display()), e)))?;
     if !meta.is_file() {
         return Err(ReadError::Refused("not a regular file".into()));
+    }
+    if meta.nlink() == 0 {
+        // Replaced by a rename since the name was looked up: on NFS a cached name can lead
+        // to the old file while the server still holds it open, and a read would succeed
+        // with old content. Stale: the caller revalidates the directory and reads again.
+        return Err(ReadError::Io(Error::io(
+            format!("{} was replaced while being opened", path.display()),
+            std::io::Error::from_raw_os_error(libc::ESTALE),
+        )));
     }
     if meta.len() > MAX_FILE_BYTES {
         return Err(ReadError::Refused(format!(
@@ -531,6 +545,29 @@ mod tests {
     use super::*;
 
     use std::os::unix::fs::PermissionsExt;
+
+    /// A file replaced by a rename after it was opened (what a stale NFS name leads to) is
+    /// never read as if it were current: the read says stale, and `read_guarded` retries.
+    #[test]
+    fn a_file_replaced_after_its_open_is_stale_not_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("x.json");
+        std::fs::write(&p, b"{\"v\": 1}").unwrap();
+        let old = File::open(&p).unwrap();
+        let tmp = dir.path().join("x.tmp");
+        std::fs::write(&tmp, b"{\"v\": 2}").unwrap();
+        std::fs::rename(&tmp, &p).unwrap();
+        match read_opened(old, &p) {
+            Err(ReadError::Io(e)) => {
+                use crate::netfs::MaybeStale;
+                assert!(e.is_stale(), "{e}");
+            }
+            other => panic!("read the replaced file: {other:?}"),
+        }
+        let fresh = File::open(&p).unwrap();
+        assert_eq!(read_opened(fresh, &p).unwrap(), b"{\"v\": 2}");
+        assert_eq!(read_json(&p).unwrap()["v"], 2);
+    }
 
     fn home() -> (tempfile::TempDir, Home) {
         crate::home::test_home()

@@ -347,9 +347,10 @@ fn repeat(s: &NfsScene, h: Host, n: usize, name: &str, args: &[&str]) -> Vec<Str
 
 /// Acknowledged updates are never lost: `heartbeat --tokens-add 1` from two processes on each
 /// mount at once all succeed and sum exactly. (A read of a name the other mount has replaced
-/// can fail with ESTALE: see `retry_estale_reads_a_file_the_other_mount_replaces`. The spec
-/// path is looked up under the worker lock before it is opened, and a path lookup that meets
-/// a stale handle is retried by the kernel; this test keeps that so.)
+/// can fail with ESTALE or find the old file: see
+/// `guarded_reads_see_the_latest_file_the_other_mount_put_in_place`. The spec path is looked
+/// up under the worker lock before it is opened, and a path lookup that meets a stale handle
+/// is retried by the kernel; this test keeps that so.)
 #[test]
 #[ignore = "runs on NFS, in the guest: scripts/nfs test"]
 fn heartbeats_from_both_mounts_sum_exactly() {
@@ -623,11 +624,13 @@ fn both_mounts_are_detected_as_network_filesystems() {
     }
 }
 
-/// Reads of a file another mount keeps replacing by rename never fail when they go through
-/// `netfs::retry_estale` (the library's answer to the stale-handle reads above).
+/// Reads of a file another mount keeps replacing by rename never fail and never return an
+/// old version when they go through the library's guarded read: a stale name either fails
+/// with ESTALE or leads to the old file (the server may still hold it open), whose link
+/// count is 0; both are retried after revalidating the directory.
 #[test]
 #[ignore = "runs on NFS, in the guest: scripts/nfs test"]
-fn retry_estale_reads_a_file_the_other_mount_replaces() {
+fn guarded_reads_see_the_latest_file_the_other_mount_put_in_place() {
     let s = NfsScene::new(1_000_000);
     let dir_a = s.coord(A).join("estale");
     std::fs::create_dir_all(&dir_a).unwrap();
@@ -639,7 +642,7 @@ fn retry_estale_reads_a_file_the_other_mount_replaces() {
         std::fs::rename(&tmp, &target_a).unwrap();
     };
     write(0);
-    let read = |path: &std::path::Path| -> std::io::Result<u32> {
+    let plain = |path: &std::path::Path| -> std::io::Result<u32> {
         use std::io::Read;
         let mut f = std::fs::File::open(path)?;
         f.metadata()?;
@@ -647,24 +650,32 @@ fn retry_estale_reads_a_file_the_other_mount_replaces() {
         f.read_to_string(&mut text)?;
         Ok(text.trim().parse().unwrap_or(0))
     };
-    let (mut plain_failures, mut last) = (0, 0);
+    let guarded = |path: &std::path::Path| -> u32 {
+        let bytes = corral::store::read_guarded(path)
+            .unwrap_or_else(|e| panic!("a guarded read failed: {:?}", e));
+        String::from_utf8_lossy(&bytes).trim().parse().unwrap_or(0)
+    };
+    let (mut plain_failures, mut plain_old) = (0, 0);
     for i in 1..=150 {
         // B reads (caching the name), A replaces it, B reads again.
-        let _ = read(&target_b);
+        let _ = plain(&target_b);
         write(i);
-        if read(&target_b).is_err() {
-            plain_failures += 1;
+        match plain(&target_b) {
+            Err(_) => plain_failures += 1,
+            Ok(v) if v != i => plain_old += 1,
+            Ok(_) => {}
         }
         write(i + 1000);
-        last = corral::netfs::retry_estale(&target_b, || read(&target_b))
-            .unwrap_or_else(|e| panic!("read {i} failed through retry_estale: {e}"));
         assert_eq!(
-            last,
+            guarded(&target_b),
             i + 1000,
-            "a read through retry_estale saw an old file"
+            "a guarded read saw an old file"
         );
     }
-    eprintln!("plain reads that failed with ESTALE: {plain_failures} of 150; last read {last}");
+    eprintln!(
+        "plain reads of 150: {plain_failures} failed with ESTALE, {plain_old} returned an old \
+         version; guarded reads: 0 of 150 failed or old"
+    );
 }
 
 /// One monitor per home across hosts: the singleton lock is a flock on the shared home, so a
