@@ -278,7 +278,14 @@ fn main() {
     let base = tmp.path();
     if only.as_deref() == Some("bulk") {
         let home = fresh_home(base, "b");
-        println!("bulk {:.0} tasks/s", fill(&home, "a", tasks));
+        let c0 = queue::costs();
+        let rate = fill(&home, "a", tasks);
+        let c1 = queue::costs();
+        println!(
+            "bulk {rate:.0} tasks/s, {} syncs, {:.0} ms in syncs",
+            c1.fsyncs - c0.fsyncs,
+            (c1.fsync_ns - c0.fsync_ns) as f64 / 1e6
+        );
         return;
     }
     if only.as_deref() == Some("trickle") {
