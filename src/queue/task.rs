@@ -203,9 +203,14 @@ impl Task {
 
     /// Loads a task from the bytes of its file.
     pub fn from_slice(bytes: &[u8]) -> Result<Task> {
-        let v: Value = serde_json::from_slice(bytes)
-            .map_err(|e| Error::Invalid(format!("malformed JSON: {e}")))?;
-        Task::from_value(v)
+        // Straight into the struct (no intermediate `Value`: a claim reads one per task).
+        let t: Task = serde_json::from_slice(bytes).map_err(|e| match e.classify() {
+            serde_json::error::Category::Data => Error::Invalid(format!("invalid task: {e}")),
+            _ => Error::Invalid(format!("malformed JSON: {e}")),
+        })?;
+        crate::id::validate("task", &t.task_id)?;
+        crate::id::validate("class", &t.class)?;
+        Ok(t)
     }
 
     /// Serialises and validates against `schemas/task.schema.json`.
@@ -387,6 +392,27 @@ mod tests {
             Priority::Medium,
             time::parse("2026-01-01T00:00:00Z").unwrap(),
         )
+    }
+
+    /// A task file is read straight into the struct: what it wrote reads back equal, and a
+    /// refusal still says whether the JSON or the task is wrong.
+    #[test]
+    fn from_slice_reads_back_what_to_bytes_wrote_and_names_what_is_wrong() {
+        let mut t = task();
+        t.payload = serde_json::json!({"n": [1, 2, 3]});
+        let bytes = t.to_bytes().unwrap();
+        let back = Task::from_slice(&bytes).unwrap();
+        assert_eq!(back.to_value().unwrap(), t.to_value().unwrap());
+        let e = Task::from_slice(b"{\"task_id\": ").unwrap_err().to_string();
+        assert!(e.contains("malformed JSON"), "{e}");
+        let e = Task::from_slice(br#"{"task_id": 5}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid task"), "{e}");
+        let mut v = t.to_value().unwrap();
+        v["task_id"] = serde_json::json!("../x");
+        let e = Task::from_slice(v.to_string().as_bytes()).unwrap_err();
+        assert!(matches!(e, Error::Invalid(_)), "{e}");
     }
 
     #[test]
