@@ -383,7 +383,7 @@ pub(super) fn record(home: &Home, id: &str, info: ProcessInfo) -> Result<WorkerS
         crate::spec::save(home, loc.dir, &loc.spec)?;
         (loc.dir, loc.spec)
     };
-    if dir == crate::home::StateDir::Active || !stopped_by_others(&spec, dir) {
+    if dir == crate::home::StateDir::Active || !super::spawn::stopped_by_others(&spec, dir) {
         return Ok(spec);
     }
     if let Some(t) = Target::of_process(&info) {
@@ -399,15 +399,4 @@ pub(super) fn record(home: &Home, id: &str, info: ProcessInfo) -> Result<WorkerS
         spec.status,
         dir.name()
     )))
-}
-
-/// True when a spec left `active/` by someone else's hand: a stop (its move came from
-/// `shutting_down`) or an archive; not by the worker's own report of its end.
-fn stopped_by_others(s: &WorkerSpec, dir: crate::home::StateDir) -> bool {
-    dir == crate::home::StateDir::Archived
-        || s.history
-            .iter()
-            .rev()
-            .find(|t| t.to == s.status.as_str())
-            .is_some_and(|t| t.from.as_deref() == Some(crate::spec::Status::ShuttingDown.as_str()))
 }

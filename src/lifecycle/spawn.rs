@@ -543,7 +543,7 @@ fn launch_worker(
     let spec = match recorded {
         Ok(spec) => spec,
         Err(e) => {
-            // A process nobody can find in a spec could never be stopped (S2): end it.
+            // Unrecorded, or recorded in a worker stopped before it could be (S2): end it.
             kill_unrecorded(pid);
             return Err(e);
         }
@@ -609,19 +609,37 @@ fn launch_container_worker(
 
 /// Writes the process block of a just-launched worker, under its lock. A worker stopped in
 /// the meantime (it left `active/` before its process was recorded) is a conflict.
+/// Records a launched worker's process in its spec, wherever the spec is by now. A worker
+/// can report its own end (`heartbeat --complete` or `--fail`), or exit and be judged by
+/// the monitor, before the launch gets here: that end is its own, and the process stays
+/// recorded for cleanup. A worker stopped or archived by someone else before its process
+/// was known had nothing to stop then: the launch fails, and the caller ends the process.
 fn record_process(home: &Home, id: &str, info: ProcessInfo) -> Result<WorkerSpec> {
     let _g = spec::lock(home, id)?;
     let mut loc = spec::load(home, id)?;
-    if loc.dir != StateDir::Active {
-        return Err(Error::Conflict(format!(
-            "worker {id} left active/ ({}) before its process was recorded; the process was ended",
-            loc.spec.status
-        )));
-    }
     loc.spec.process = Some(info);
     loc.spec.normalize(time::now());
     spec::save(home, loc.dir, &loc.spec)?;
-    Ok(loc.spec)
+    if loc.dir == StateDir::Active || !stopped_by_others(&loc.spec, loc.dir) {
+        return Ok(loc.spec);
+    }
+    Err(Error::Conflict(format!(
+        "worker {id} was {} (in {}/) before its process was recorded; the process was ended",
+        loc.spec.status,
+        loc.dir.name()
+    )))
+}
+
+/// True when a spec left `active/` by someone else's hand: a stop (its move came from
+/// `shutting_down`) or an archive; not by the worker's own report of its end, nor by the
+/// monitor's judgement of its exit.
+pub(super) fn stopped_by_others(s: &WorkerSpec, dir: StateDir) -> bool {
+    dir == StateDir::Archived
+        || s.history
+            .iter()
+            .rev()
+            .find(|t| t.to == s.status.as_str())
+            .is_some_and(|t| t.from.as_deref() == Some(Status::ShuttingDown.as_str()))
 }
 
 /// Ends a process we just started and could not record: it is our child, in its own group.
@@ -799,5 +817,75 @@ pub fn unreuse(home: &Home, reused: &[Reused]) {
             loc.spec.normalize(now);
             let _ = spec::save(home, StateDir::Active, &loc.spec);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::lifecycle::{complete_worker, move_worker, Move};
+
+    fn active(home: &Home, id: &str) {
+        let s = WorkerSpec::new(id.into(), "build-worker".into(), time::now());
+        spec::save(home, StateDir::Active, &s).unwrap();
+    }
+
+    fn info() -> ProcessInfo {
+        ProcessInfo {
+            pid: std::process::id() as i32,
+            command: vec!["/bin/true".into()],
+            ..Default::default()
+        }
+    }
+
+    /// A fast worker reports its own end before its launch records the process: the
+    /// record lands in its spec where it is now, and the launch succeeds (it used to fail,
+    /// end the worker's group and, for a restart, lose the `worker_restarted` event).
+    #[test]
+    fn a_worker_that_ended_itself_before_its_record_keeps_the_record() {
+        let (_d, home) = crate::home::test_home();
+        active(&home, "w1");
+        complete_worker(&home, "w1", None).unwrap();
+        let s = record_process(&home, "w1", info()).expect("recorded");
+        assert_eq!(s.status, Status::Completed);
+        let on_disk = spec::load(&home, "w1").unwrap();
+        assert_eq!(on_disk.dir, StateDir::Completed);
+        assert_eq!(
+            on_disk.spec.process.map(|p| p.pid),
+            Some(std::process::id() as i32)
+        );
+    }
+
+    /// A worker someone else stopped before its process was known had nothing to stop
+    /// then: the record is kept (for cleanup) and the launch fails, so the caller ends it.
+    #[test]
+    fn a_worker_stopped_before_its_record_fails_the_launch() {
+        let (_d, home) = crate::home::test_home();
+        active(&home, "w2");
+        let stop = |st: Status, to: StateDir| Move {
+            from: &[StateDir::Active],
+            to,
+            status: Some(st),
+            reason: "stop-worker",
+        };
+        move_worker(
+            &home,
+            "w2",
+            &stop(Status::ShuttingDown, StateDir::Active),
+            |_| {},
+        )
+        .unwrap();
+        move_worker(
+            &home,
+            "w2",
+            &stop(Status::Completed, StateDir::Completed),
+            |_| {},
+        )
+        .unwrap();
+        let e = record_process(&home, "w2", info()).unwrap_err();
+        assert!(matches!(e, Error::Conflict(_)), "{e}");
+        let on_disk = spec::load(&home, "w2").unwrap();
+        assert!(on_disk.spec.process.is_some());
+        assert!(stopped_by_others(&on_disk.spec, on_disk.dir));
     }
 }

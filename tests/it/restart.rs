@@ -313,9 +313,13 @@ fn restarted_workers_are_reaped_and_start_with_a_clean_signal_mask() {
         0,
     ));
     r.group(worker_pid(&s, &first));
-    assert!(wait_until(T, || !s
-        .events_of("worker_restarted")
-        .is_empty()));
+    assert!(
+        wait_until(T, || !s.events_of("worker_restarted").is_empty()),
+        "no restart of {first} ({:?}): {}\nevents: {:#?}",
+        s.dirs_of(&first),
+        m.stderr(),
+        s.events()
+    );
     let new = s.events_of("worker_restarted")[0]["data"]["new_worker_id"]
         .as_str()
         .unwrap()
