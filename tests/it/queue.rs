@@ -3,6 +3,7 @@
 //! and class order, `--wait` wake-ups, bad input, and the ownership rules.
 
 use crate::support::procs::*;
+use crate::support::queue::{enqueue, home_of, json_files_under, spawn_worker, tasks};
 use crate::support::{read_json, stderr, stdout, wait_until, Scene};
 use corral::home::Home;
 use corral::policy::HeartbeatPolicy;
@@ -13,14 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-
-fn home_of(s: &Scene) -> Home {
-    Home::at(&s.home)
-}
-
-fn tasks(s: &Scene) -> PathBuf {
-    s.coord().join("tasks")
-}
 
 /// Every task id in the home, with the places it was found: pending names and the files
 /// of processing/, completed/, failed/.
@@ -74,14 +67,7 @@ fn files_in(dir: &Path) -> usize {
 
 /// The pending task files of a class, in claim order (`find … | sort`).
 fn pending_files(s: &Scene, class: &str) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = walkdir::WalkDir::new(tasks(s).join("pending").join(class))
-        .into_iter()
-        .flatten()
-        .filter(|e| e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(".json"))
-        .map(|e| e.into_path())
-        .collect();
-    v.sort();
-    v
+    json_files_under(&tasks(s).join("pending").join(class))
 }
 
 /// Enqueues in bulk (one payload or task object per line): fast test set-up.
@@ -100,12 +86,6 @@ fn bulk(h: &Home, class: &str, lines: &str) -> Vec<String> {
     })
     .unwrap();
     ids
-}
-
-fn enqueue(s: &Scene, args: &[&str]) -> String {
-    let mut a = vec!["enqueue"];
-    a.extend_from_slice(args);
-    s.ok("task-queue", &a).trim().to_string()
 }
 
 fn claim_json(s: &Scene, args: &[&str]) -> Value {
@@ -609,15 +589,6 @@ fn sigkill_of_claimers_and_enqueuers_loses_nothing() {
         );
     }
     assert_eq!(seen.len(), before.len());
-}
-
-fn spawn_worker(s: &Scene) -> String {
-    s.ok(
-        "spawn-worker",
-        &["--type", "implementation-worker", "--tokens", "1000"],
-    )
-    .trim()
-    .to_string()
 }
 
 /// A worker killed mid-task: once its spec leaves active/ (as the monitor does on a dead

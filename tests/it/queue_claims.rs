@@ -2,6 +2,7 @@
 //! the task's own inode while the task is held in `tasks/.claiming/`, a claimer that dies
 //! there strands nothing, and idle claimers take turns so one arrival wakes one of them.
 
+use crate::support::queue::tasks;
 use crate::support::{read_json, Scene};
 use corral::home::Home;
 use corral::policy::HeartbeatPolicy;
@@ -11,10 +12,6 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-fn tasks(s: &Scene) -> PathBuf {
-    s.coord().join("tasks")
-}
 
 fn pending_files(s: &Scene) -> Vec<PathBuf> {
     let mut v: Vec<PathBuf> = walkdir::WalkDir::new(tasks(s).join("pending"))

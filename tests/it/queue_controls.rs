@@ -4,8 +4,8 @@
 //! binaries against a temporary home.
 
 use crate::support::procs::*;
+use crate::support::queue::{enqueue, home_of, json_files_under, state_of, tasks};
 use crate::support::{read_json, stderr, stdout, Scene};
-use corral::home::Home;
 use corral::policy::HeartbeatPolicy;
 use corral::queue;
 use serde_json::{json, Value};
@@ -13,41 +13,15 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-fn home_of(s: &Scene) -> Home {
-    Home::at(&s.home)
-}
-
-fn tasks(s: &Scene) -> PathBuf {
-    s.coord().join("tasks")
-}
-
-fn enqueue(s: &Scene, args: &[&str]) -> String {
-    let mut a = vec!["enqueue"];
-    a.extend_from_slice(args);
-    s.ok("task-queue", &a).trim().to_string()
-}
-
 fn claim(s: &Scene, args: &[&str]) -> Value {
     let mut a = vec!["claim", "--format", "jsonl"];
     a.extend_from_slice(args);
     serde_json::from_str(&s.ok("task-queue", &a)).expect("claim prints JSON")
 }
 
-fn state_of(s: &Scene, id: &str) -> String {
-    let v: Value = serde_json::from_str(&s.ok("task-queue", &["show", id])).expect("show");
-    v["state"].as_str().unwrap_or("?").to_string()
-}
-
 /// The pending task files of the whole home, by walking the buckets.
 fn pending_files(s: &Scene) -> Vec<PathBuf> {
-    let mut v: Vec<PathBuf> = walkdir::WalkDir::new(tasks(s).join("pending"))
-        .into_iter()
-        .flatten()
-        .filter(|e| e.file_type().is_file() && e.path().extension().is_some_and(|x| x == "json"))
-        .map(|e| e.into_path())
-        .collect();
-    v.sort();
-    v
+    json_files_under(&tasks(s).join("pending"))
 }
 
 fn quarantined(s: &Scene) -> Vec<String> {

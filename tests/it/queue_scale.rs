@@ -3,21 +3,12 @@
 //! a stats call or a drain reads stays bounded however many tasks wait (counted in
 //! directory entries read, so the test is exact and independent of the machine's speed).
 
+use crate::support::queue::{enqueue, home_of};
 use crate::support::{read_json, Scene};
 use corral::home::Home;
 use corral::policy::HeartbeatPolicy;
 use corral::queue::{self, Claimer};
 use serde_json::{json, Value};
-
-fn home_of(s: &Scene) -> Home {
-    Home::at(&s.home)
-}
-
-fn enqueue(s: &Scene, args: &[&str]) -> String {
-    let mut a = vec!["enqueue"];
-    a.extend_from_slice(args);
-    s.ok("task-queue", &a).trim().to_string()
-}
 
 fn bulk(h: &Home, class: &str, n: usize) -> Vec<String> {
     let opts = queue::BulkOptions {

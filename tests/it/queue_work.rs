@@ -3,43 +3,14 @@
 //! cancellation stopping the running command.
 
 use crate::support::procs::*;
+use crate::support::queue::{enqueue, json_files_under, spawn_worker, state_of, tasks};
 use crate::support::{read_json, stderr, wait_until, Scene};
-use serde_json::Value;
-use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-fn tasks(s: &Scene) -> PathBuf {
-    s.coord().join("tasks")
-}
-
-fn enqueue(s: &Scene, args: &[&str]) -> String {
-    let mut a = vec!["enqueue"];
-    a.extend_from_slice(args);
-    s.ok("task-queue", &a).trim().to_string()
-}
-
-fn state_of(s: &Scene, id: &str) -> String {
-    let v: Value = serde_json::from_str(&s.ok("task-queue", &["show", id])).expect("show");
-    v["state"].as_str().unwrap_or("?").to_string()
-}
-
-fn spawn_worker(s: &Scene) -> String {
-    s.ok(
-        "spawn-worker",
-        &["--type", "implementation-worker", "--tokens", "1000"],
-    )
-    .trim()
-    .to_string()
-}
-
 /// Pending tasks of a class (by walking its buckets).
 fn pending_in(s: &Scene, class: &str) -> usize {
-    walkdir::WalkDir::new(tasks(s).join("pending").join(class))
-        .into_iter()
-        .flatten()
-        .filter(|e| e.file_type().is_file() && e.file_name().to_string_lossy().ends_with(".json"))
-        .count()
+    json_files_under(&tasks(s).join("pending").join(class)).len()
 }
 
 #[test]

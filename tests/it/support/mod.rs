@@ -5,6 +5,7 @@
 pub mod containers;
 pub mod nfs;
 pub mod procs;
+pub mod queue;
 pub mod scene;
 
 pub use scene::*;
