@@ -375,17 +375,10 @@ pub(super) fn abandon_recorded(home: &Home, id: &str, info: &ProcessInfo) {
 /// known had nothing to stop then: its container is stopped now, and the launch fails (exit
 /// 5), as a direct launch does.
 pub(super) fn record(home: &Home, id: &str, info: ProcessInfo) -> Result<WorkerSpec> {
-    let (dir, spec) = {
-        let _g = crate::spec::lock(home, id)?;
-        let mut loc = crate::spec::load(home, id)?;
-        loc.spec.process = Some(info.clone());
-        loc.spec.normalize(crate::time::now());
-        crate::spec::save(home, loc.dir, &loc.spec)?;
-        (loc.dir, loc.spec)
+    let (spec, dir) = match super::spawn::record_process(home, id, info.clone())? {
+        (spec, None) => return Ok(spec),
+        (spec, Some(dir)) => (spec, dir),
     };
-    if dir == crate::home::StateDir::Active || !super::spawn::stopped_by_others(&spec, dir) {
-        return Ok(spec);
-    }
     if let Some(t) = Target::of_process(&info) {
         let grace = HeartbeatPolicy::load(home)
             .map(|p| crate::time::duration(p.grace_seconds))

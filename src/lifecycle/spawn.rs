@@ -539,11 +539,19 @@ fn launch_worker(
     info.parent_pid = parent.map(|p| p.pid);
     info.parent_start_time_ticks = parent.map(|p| p.start_time_ticks);
     info.cwd = Some(cwd.display().to_string());
-    let recorded = record_process(home, id, info);
-    let spec = match recorded {
-        Ok(spec) => spec,
+    let spec = match record_process(home, id, info) {
+        Ok((spec, None)) => spec,
+        Ok((spec, Some(dir))) => {
+            // Stopped before its process could be (S2): end it now.
+            kill_unrecorded(pid);
+            return Err(Error::Conflict(format!(
+                "worker {id} was {} (in {}/) before its process was recorded; the process was ended",
+                spec.status,
+                dir.name()
+            )));
+        }
         Err(e) => {
-            // Unrecorded, or recorded in a worker stopped before it could be (S2): end it.
+            // A process nobody can find in a spec could never be stopped (S2): end it.
             kill_unrecorded(pid);
             return Err(e);
         }
@@ -607,33 +615,31 @@ fn launch_container_worker(
     Ok(spec)
 }
 
-/// Writes the process block of a just-launched worker, under its lock. A worker stopped in
-/// the meantime (it left `active/` before its process was recorded) is a conflict.
-/// Records a launched worker's process in its spec, wherever the spec is by now. A worker
-/// can report its own end (`heartbeat --complete` or `--fail`), or exit and be judged by
-/// the monitor, before the launch gets here: that end is its own, and the process stays
-/// recorded for cleanup. A worker stopped or archived by someone else before its process
-/// was known had nothing to stop then: the launch fails, and the caller ends the process.
-fn record_process(home: &Home, id: &str, info: ProcessInfo) -> Result<WorkerSpec> {
+/// Records a launched worker's process in its spec, under its lock, wherever the spec is by
+/// now. A worker can report its own end (`heartbeat --complete` or `--fail`), or exit and be
+/// judged by the monitor, before the launch gets here: that end is its own, and the process
+/// stays recorded for cleanup. Returns the spec, and the directory it was moved to when
+/// someone else stopped or archived it before its process was known: it had nothing to
+/// stop then, so the caller ends the process and fails the launch.
+pub(super) fn record_process(
+    home: &Home,
+    id: &str,
+    info: ProcessInfo,
+) -> Result<(WorkerSpec, Option<StateDir>)> {
     let _g = spec::lock(home, id)?;
     let mut loc = spec::load(home, id)?;
     loc.spec.process = Some(info);
     loc.spec.normalize(time::now());
     spec::save(home, loc.dir, &loc.spec)?;
-    if loc.dir == StateDir::Active || !stopped_by_others(&loc.spec, loc.dir) {
-        return Ok(loc.spec);
-    }
-    Err(Error::Conflict(format!(
-        "worker {id} was {} (in {}/) before its process was recorded; the process was ended",
-        loc.spec.status,
-        loc.dir.name()
-    )))
+    let stopped =
+        (loc.dir != StateDir::Active && stopped_by_others(&loc.spec, loc.dir)).then_some(loc.dir);
+    Ok((loc.spec, stopped))
 }
 
 /// True when a spec left `active/` by someone else's hand: a stop (its move came from
 /// `shutting_down`) or an archive; not by the worker's own report of its end, nor by the
 /// monitor's judgement of its exit.
-pub(super) fn stopped_by_others(s: &WorkerSpec, dir: StateDir) -> bool {
+fn stopped_by_others(s: &WorkerSpec, dir: StateDir) -> bool {
     dir == StateDir::Archived
         || s.history
             .iter()
@@ -846,8 +852,8 @@ mod tests {
         let (_d, home) = crate::home::test_home();
         active(&home, "w1");
         complete_worker(&home, "w1", None).unwrap();
-        let s = record_process(&home, "w1", info()).expect("recorded");
-        assert_eq!(s.status, Status::Completed);
+        let (s, stopped) = record_process(&home, "w1", info()).expect("recorded");
+        assert_eq!((s.status, stopped), (Status::Completed, None));
         let on_disk = spec::load(&home, "w1").unwrap();
         assert_eq!(on_disk.dir, StateDir::Completed);
         assert_eq!(
@@ -882,8 +888,8 @@ mod tests {
             |_| {},
         )
         .unwrap();
-        let e = record_process(&home, "w2", info()).unwrap_err();
-        assert!(matches!(e, Error::Conflict(_)), "{e}");
+        let (_, stopped) = record_process(&home, "w2", info()).unwrap();
+        assert_eq!(stopped, Some(StateDir::Completed), "the launch fails");
         let on_disk = spec::load(&home, "w2").unwrap();
         assert!(on_disk.spec.process.is_some());
         assert!(stopped_by_others(&on_disk.spec, on_disk.dir));
