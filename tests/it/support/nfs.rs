@@ -11,7 +11,7 @@
 //! of their own, so host B cannot even see host A's pids.
 
 use super::procs::Monitor;
-use super::scene::{bin, read_json, run_with_timeout};
+use super::scene::{bin, json_ids, read_json, run_with_timeout, tree_of};
 use serde_json::Value;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -194,21 +194,7 @@ impl NfsScene {
 
     /// Names (without `.json`) in a directory under `coordination/`, through mount A.
     pub fn names_in(&self, rel: &str) -> Vec<String> {
-        let dir = self.coord(Host::A).join(rel);
-        let mut v: Vec<String> = std::fs::read_dir(&dir)
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_str()
-                            .and_then(|n| n.strip_suffix(".json"))
-                            .map(String::from)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        json_ids(&self.coord(Host::A).join(rel))
     }
 
     /// Every event of one type, through mount A.
@@ -223,15 +209,7 @@ impl NfsScene {
 
     /// The home's tree, for failure reports.
     pub fn tree(&self) -> String {
-        walkdir::WalkDir::new(&self.home_a)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_map(|e| e.ok())
-            .map(|e| {
-                let rel = e.path().strip_prefix(&self.home_a).unwrap_or(e.path());
-                format!("{}\n", rel.display())
-            })
-            .collect()
+        tree_of(&self.home_a)
     }
 
     /// Writes a key of the heartbeat policy (through mount A).

@@ -148,20 +148,7 @@ impl Scene {
 
     /// Ids in a state dir.
     pub fn ids_in(&self, dir: &str) -> Vec<String> {
-        let mut v: Vec<String> = std::fs::read_dir(self.coord().join("worker-specs").join(dir))
-            .map(|rd| {
-                rd.filter_map(|e| e.ok())
-                    .filter_map(|e| {
-                        e.file_name()
-                            .to_str()
-                            .and_then(|n| n.strip_suffix(".json"))
-                            .map(String::from)
-                    })
-                    .collect()
-            })
-            .unwrap_or_default();
-        v.sort();
-        v
+        json_ids(&self.coord().join("worker-specs").join(dir))
     }
 
     /// The budget file.
@@ -191,20 +178,7 @@ impl Scene {
 
     /// The home's file tree, for failure reports.
     pub fn tree(&self) -> String {
-        let mut out = String::new();
-        for e in walkdir::WalkDir::new(&self.home)
-            .sort_by_file_name()
-            .into_iter()
-            .filter_map(|e| e.ok())
-        {
-            let rel = e.path().strip_prefix(&self.home).unwrap_or(e.path());
-            out.push_str(&format!(
-                "{}{}\n",
-                rel.display(),
-                if e.file_type().is_dir() { "/" } else { "" }
-            ));
-        }
-        out
+        tree_of(&self.home)
     }
 
     /// Writes a key into the heartbeat policy file (dotted path like `restart.max_retries`).
@@ -287,4 +261,40 @@ pub fn have_tool(available: bool, what: &str) -> bool {
     );
     eprintln!("SKIP: {what} is missing");
     false
+}
+
+/// The names (without `.json`) of the JSON files in `dir`, sorted; none when it is missing.
+pub fn json_ids(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()
+                        .and_then(|n| n.strip_suffix(".json"))
+                        .map(String::from)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Every path under `root` (directories marked with `/`), for failure reports.
+pub fn tree_of(root: &Path) -> String {
+    let mut out = String::new();
+    for e in walkdir::WalkDir::new(root)
+        .sort_by_file_name()
+        .into_iter()
+        .filter_map(|e| e.ok())
+    {
+        let rel = e.path().strip_prefix(root).unwrap_or(e.path());
+        out.push_str(&format!(
+            "{}{}\n",
+            rel.display(),
+            if e.file_type().is_dir() { "/" } else { "" }
+        ));
+    }
+    out
 }
