@@ -390,13 +390,12 @@ struct Staged {
     len: usize,
 }
 
-/// What the helper did with a batch: the first `placed` tasks are in place and counted,
-/// and durable unless `err` says the last sync failed (then they are not reported); the
-/// rest were removed.
+/// What the helper did with a batch: its first `durable` tasks are in place, counted and
+/// synced, to be reported; `err` says why the rest were not (a task renamed but not known
+/// to be on disk is in place and counted, not reported).
 struct Placed {
     batch: Vec<Staged>,
-    placed: usize,
-    durable: bool,
+    durable: usize,
     err: Option<Error>,
 }
 
@@ -417,19 +416,17 @@ fn place_batch(home: &Home, class: &str, batch: Vec<Staged>) -> Placed {
             placed += 1;
         }
     }
-    let mut durable = true;
+    let mut durable = placed;
     if placed > 0 {
         counts::add(home, class, &Delta::add(TaskState::Pending, placed as i64));
         if let Err(e) = moves::sync_fs(&tmp_dir) {
-            // In place and counted, but not known to be durable: not reported as enqueued.
             err = Some(e);
-            durable = false;
+            durable = 0;
         }
     }
     abandon(home, &batch[placed..]);
     Placed {
         batch,
-        placed,
         durable,
         err,
     }
@@ -483,9 +480,7 @@ impl<O: FnMut(&Task) -> Result<()>> Loader<'_, O> {
         self.in_flight = false;
         match self.from_helper.recv() {
             Ok(p) => self.report(p),
-            Err(_) => Err(Error::Internal(
-                "the bulk load's helper thread stopped".into(),
-            )),
+            Err(_) => Err(helper_gone()),
         }
     }
 
@@ -499,9 +494,7 @@ impl<O: FnMut(&Task) -> Result<()>> Loader<'_, O> {
         self.bytes = 0;
         if let Err(back) = self.to_helper.send(batch) {
             abandon(self.home, &back.0);
-            return Err(Error::Internal(
-                "the bulk load's helper thread stopped".into(),
-            ));
+            return Err(helper_gone());
         }
         self.in_flight = true;
         Ok(())
@@ -516,7 +509,7 @@ impl<O: FnMut(&Task) -> Result<()>> Loader<'_, O> {
     /// Logs one event for a placed batch and passes each of its tasks to `out`, in order;
     /// returns the helper's error, if it had one.
     fn report(&mut self, p: Placed) -> Result<()> {
-        let done = if p.durable { &p.batch[..p.placed] } else { &[] };
+        let done = &p.batch[..p.durable];
         if let (Some(first), Some(last)) = (done.first(), done.last()) {
             let class = self.class;
             moves::emit(
@@ -543,6 +536,10 @@ impl<O: FnMut(&Task) -> Result<()>> Loader<'_, O> {
             None => Ok(()),
         }
     }
+}
+
+fn helper_gone() -> Error {
+    Error::Internal("the bulk load's helper thread stopped".into())
 }
 
 impl<O> Drop for Loader<'_, O> {
