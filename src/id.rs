@@ -95,17 +95,57 @@ pub fn new_task_id(now: chrono::DateTime<chrono::Utc>) -> String {
 }
 
 /// A new event id, unique across processes and hosts without coordination.
+///
+/// The stamp is written field by field rather than through a strftime pattern, which chrono
+/// parses again on every call: an id is made for every event, on every claim.
 pub fn new_event_id(now: chrono::DateTime<chrono::Utc>) -> String {
-    format!(
-        "evt-{}-{:016x}",
-        now.format("%Y%m%dT%H%M%S%.6fZ"),
-        random_u64()
-    )
+    use chrono::{Datelike, Timelike};
+    let (y, mo, d) = (now.year(), now.month(), now.day());
+    let (h, mi, s) = (now.hour(), now.minute(), now.second());
+    // A leap second is nanosecond 1_000_000_000 and up; strftime's `%.6f` shows it the same.
+    let us = now.nanosecond() / 1000;
+    if (0..=9999).contains(&y) {
+        format!(
+            "evt-{y:04}{mo:02}{d:02}T{h:02}{mi:02}{s:02}.{us:06}Z-{:016x}",
+            random_u64()
+        )
+    } else {
+        format!(
+            "evt-{}-{:016x}",
+            now.format("%Y%m%dT%H%M%S%.6fZ"),
+            random_u64()
+        )
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn event_ids_carry_the_same_stamp_as_the_strftime_pattern() {
+        use chrono::TimeZone;
+        let base = chrono::Utc
+            .with_ymd_and_hms(2026, 12, 31, 23, 59, 59)
+            .unwrap();
+        let mut stamps = vec![
+            base,
+            chrono::Utc.with_ymd_and_hms(1970, 1, 1, 0, 0, 0).unwrap(),
+            chrono::Utc
+                .with_ymd_and_hms(9999, 12, 31, 23, 59, 59)
+                .unwrap(),
+        ];
+        for k in 0..2000i64 {
+            stamps.push(base + chrono::Duration::nanoseconds(k * 7_919_137_123));
+        }
+        for t in stamps {
+            let id = new_event_id(t);
+            let want = format!("evt-{}-", t.format("%Y%m%dT%H%M%S%.6fZ"));
+            assert!(id.starts_with(&want), "{id} vs {want}");
+            assert_eq!(id.len(), want.len() + 16, "{id}");
+            validate("event", &id).unwrap();
+        }
+    }
 
     #[test]
     fn accepts_runbook_ids() {

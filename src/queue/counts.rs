@@ -98,17 +98,15 @@ impl Counts {
         self.owed[i] = v.min(0).unsigned_abs();
     }
 
+    /// One fixed-width line per value (written on every claim, so into one buffer).
     fn render(&self) -> Vec<u8> {
-        let mut s = String::new();
+        use std::fmt::Write;
+        let mut s = String::with_capacity(31 * (COUNTED.len() + 2));
         for (i, st) in COUNTED.into_iter().enumerate() {
-            s.push_str(&format!("{:<10}{:>20}\n", st.name(), self.signed(i, st)));
+            let _ = writeln!(s, "{:<10}{:>20}", st.name(), self.signed(i, st));
         }
-        s.push_str(&format!("{:<10}{:>20}\n", "recounted", self.recounted));
-        s.push_str(&format!(
-            "{:<10}{:>20}\n",
-            "suspect",
-            u8::from(self.suspect)
-        ));
+        let _ = writeln!(s, "{:<10}{:>20}", "recounted", self.recounted);
+        let _ = writeln!(s, "{:<10}{:>20}", "suspect", u8::from(self.suspect));
         s.into_bytes()
     }
 
@@ -188,7 +186,7 @@ fn open(home: &Home, class: &str) -> Result<File> {
 }
 
 fn read_file(f: &File) -> Option<Counts> {
-    let mut buf = vec![0u8; 512];
+    let mut buf = [0u8; 512];
     let n = f.read_at(&mut buf, 0).ok()?;
     if n == 0 {
         // Just created: a class nobody counted yet starts at zero, exactly.
