@@ -4,7 +4,8 @@
 //! of its time spent in syncs; single enqueues; wakeups, lost races and turns per arrival
 //! with 8 idle claimers and a trickle of arrivals, without and with turns; claims per
 //! second with 1 and 8 watched claimers as a share of the raw rename rate, with the lost
-//! races per claim; the enqueue → claim latency of a claimer asleep on inotify; the cost
+//! races per claim, and next to the rate of the system calls a claim makes done alone (the
+//! ceiling of this design); the enqueue → claim latency of a claimer asleep on inotify; the cost
 //! of one maintenance pass; and — with `--sizes` — the cost of one-shot claims, enqueues
 //! and `stats` at several queue lengths, with growth factors against the smallest (the
 //! scale rule). One `name value unit` line per figure. `--only bulk|trickle|claimN` runs
@@ -81,6 +82,90 @@ fn raw_create_rename_rate(base: &Path, n: usize) -> f64 {
         std::fs::rename(a.join(&name), b.join(&name)).expect("rename");
     }
     n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The system calls one claim makes, and nothing else, `n` times in one thread: the
+/// stripe lock; the rename out of the pending bucket into the claim's private directory;
+/// open, `fstat`, read, `pwrite` and close of the task; the rename into `processing/`; the
+/// count update (lock, `pread`, `pwrite`, unlock); and the event append (lock, the two
+/// `stat`s that notice a new lock file or a rotated log, one `write`, unlock). No parsing,
+/// no schema check, no index: the ceiling a claim of this design can approach, measured on
+/// the same filesystem as the claims.
+fn claim_syscalls_rate(base: &Path, n: usize, task: &[u8]) -> f64 {
+    use std::fs::{File, OpenOptions};
+    use std::io::{Read, Write};
+    use std::os::unix::fs::FileExt;
+    let run = base.join("claim-syscalls");
+    let _ = std::fs::remove_dir_all(&run);
+    let (pending, hold, processing) = (run.join("p"), run.join("c"), run.join("q"));
+    for d in [&pending, &hold, &processing] {
+        std::fs::create_dir_all(d).expect("mkdir");
+    }
+    for i in 0..n {
+        std::fs::write(pending.join(format!("{i:08}.json")), task).expect("write");
+    }
+    let open_rw = |p: &Path| {
+        OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(p)
+            .expect("open")
+    };
+    let stripe = open_rw(&run.join("stripe.lock"));
+    let counts = open_rw(&run.join("counts"));
+    counts.write_all_at(&[b' '; 217], 0).expect("counts");
+    let (ev_lock_path, ev_path) = (run.join("events.lock"), run.join("events.jsonl"));
+    let ev_lock: File = open_rw(&ev_lock_path);
+    let mut ev = OpenOptions::new()
+        .append(true)
+        .create(true)
+        .open(&ev_path)
+        .expect("events");
+    let line = vec![b'x'; 330];
+    let t = Instant::now();
+    for i in 0..n {
+        let name = format!("{i:08}.json");
+        let (from, held, to) = (
+            pending.join(&name),
+            hold.join(&name),
+            processing.join(&name),
+        );
+        stripe.lock().expect("lock");
+        std::fs::rename(&from, &held).expect("rename");
+        let mut f = open_rw(&held);
+        let len = f.metadata().expect("fstat").len() as usize;
+        let mut buf = vec![0u8; len];
+        f.read_exact(&mut buf).expect("read");
+        f.write_all_at(&buf, 0).expect("pwrite");
+        drop(f);
+        std::fs::rename(&held, &to).expect("rename");
+        stripe.unlock().expect("unlock");
+        counts.lock().expect("lock");
+        let mut c = [0u8; 512];
+        let got = counts.read_at(&mut c, 0).expect("pread");
+        counts.write_all_at(&c[..got], 0).expect("pwrite");
+        counts.unlock().expect("unlock");
+        ev_lock.lock().expect("lock");
+        std::fs::symlink_metadata(&ev_lock_path).expect("stat");
+        std::fs::symlink_metadata(&ev_path).expect("stat");
+        ev.write_all(&line).expect("append");
+        ev_lock.unlock().expect("unlock");
+    }
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// The bytes of one task of the benchmark's kind after its claim.
+fn claimed_sample(base: &Path) -> Vec<u8> {
+    let home = fresh_home(base, "sample");
+    fill(&home, "a", 1);
+    let mut c = Claimer::new(&home, "bench-0", &[], 600.0).expect("claimer");
+    let task = c.try_claim().expect("claim").expect("a task");
+    let path = home
+        .tasks_dir(corral::home::TaskState::Processing)
+        .join(format!("{}.json", task.task_id));
+    std::fs::read(path).expect("read the claimed task")
 }
 
 /// Bulk-loads `n` tasks into `class`; returns tasks/s.
@@ -402,6 +487,15 @@ fn main() {
     let raw2 = raw_rename_rate(base, tasks);
     let raw = (raw + raw2) / 2.0;
     line("queue.inproc.raw_rename_per_s_mean", raw, "renames/s");
+    // A claimed task as a claim rewrites it (the same size as the benchmark's tasks).
+    let sample = claimed_sample(base);
+    let floor = claim_syscalls_rate(base, tasks, &sample);
+    line("queue.inproc.claim_syscalls_per_s", floor, "claims/s");
+    line(
+        "queue.inproc.claim_syscalls_vs_raw_rename",
+        100.0 * floor / raw,
+        "%",
+    );
     for threads in [1usize, 8] {
         let home = if threads == 1 {
             home.clone()
@@ -421,6 +515,11 @@ fn main() {
         line(
             &format!("queue.inproc.claim_vs_raw_rename_{threads}_claimers"),
             100.0 * rate / raw,
+            "%",
+        );
+        line(
+            &format!("queue.inproc.claim_vs_claim_syscalls_{threads}_claimers"),
+            100.0 * rate / floor,
             "%",
         );
         line(
