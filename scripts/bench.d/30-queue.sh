@@ -14,7 +14,7 @@
 #   - CLI claim rate with 1, 4 and 8 claimer processes, seed 004's glob+flock queue at the
 #     same count (seed004_queue.py) and corral's ratio to it;
 #   - the in-process figures of examples/bench_queue.rs (claims/s as a share of raw
-#     rename(2), lost races per claim, wakeups and lost races per arrival with 8 idle
+#     rename(2) and of the claim's own system calls run alone, lost races per claim, wakeups and lost races per arrival with 8 idle
 #     claimers without and with turns, bulk enqueue next to the create+rename floor,
 #     enqueue → claim latency), and a summary of the throughput targets side by side.
 # QUEUE_BENCH_TASKS (default 2000) sets the task count of the claimer, work and seed runs.
@@ -173,6 +173,7 @@ fi
 pick() { echo "$INPROC_OUT" | awk -v k="$1" '$1 == k {print $2}'; }
 echo "queue.summary.claims_per_s_1_claimer $(pick queue.inproc.claim_per_s_1_claimers) claims/s = $(pick queue.inproc.claim_vs_raw_rename_1_claimers) % of raw rename $(pick queue.inproc.raw_rename_per_s_mean)/s (target 30 %)"
 echo "queue.summary.claims_per_s_8_claimers $(pick queue.inproc.claim_per_s_8_claimers) claims/s = $(pick queue.inproc.claim_vs_raw_rename_8_claimers) % of raw rename, $(pick queue.inproc.lost_races_per_claim_8_claimers) lost races/claim"
+echo "queue.summary.claim_syscalls_alone $(pick queue.inproc.claim_syscalls_per_s)/s = $(pick queue.inproc.claim_syscalls_vs_raw_rename) % of raw rename: claims reach $(pick queue.inproc.claim_vs_claim_syscalls_1_claimers) % (1 claimer) and $(pick queue.inproc.claim_vs_claim_syscalls_8_claimers) % (8) of that ceiling"
 echo "queue.summary.idle8_wakeups_per_arrival $(pick queue.inproc.idle8.turns.wakeups_per_arrival) with turns ($(pick queue.inproc.idle8.no_turns.wakeups_per_arrival) without), lost races/arrival $(pick queue.inproc.idle8.turns.lost_races_per_arrival) ($(pick queue.inproc.idle8.no_turns.lost_races_per_arrival) without)"
 echo "queue.summary.bulk_enqueue_per_s $(pick queue.inproc.bulk_enqueue_per_s) tasks/s = $(pick queue.inproc.bulk_enqueue_vs_raw_create) % of the create+rename floor $(pick queue.inproc.raw_create_write_rename_per_s)/s (before $(pick queue.inproc.raw_create_write_rename_per_s_before), after $(pick queue.inproc.raw_create_write_rename_per_s_after)); syncs $(pick queue.inproc.bulk_enqueue_sync_share) % (target 20000/s)"
 rm -rf "$WORK"
