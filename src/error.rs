@@ -69,6 +69,21 @@ impl Error {
         }
     }
 
+    /// An error that exits with `code`: the summary a command returns after it printed the
+    /// errors of the items that failed (one per line), so each is said once.
+    pub fn with_code(code: u8, msg: String) -> Error {
+        match code {
+            2 => Error::Usage(msg),
+            3 => Error::NotFound(msg),
+            5 => Error::Conflict(msg),
+            6 => Error::Invalid(msg),
+            7 => Error::NothingToDo(msg),
+            8 => Error::NoHome(msg),
+            10 => Error::CheckFailed(msg),
+            _ => Error::Internal(msg),
+        }
+    }
+
     /// A second line that tells the operator what to do next, where one helps.
     pub fn hint(&self) -> Option<String> {
         match self {

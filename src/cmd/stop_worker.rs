@@ -98,7 +98,7 @@ fn run(cli: Cli) -> Result<()> {
     if code == 0 {
         return Ok(());
     }
-    Err(with_code(
+    Err(Error::with_code(
         code,
         format!(
             "{} of {} worker(s) not stopped",
@@ -106,18 +106,6 @@ fn run(cli: Cli) -> Result<()> {
             results.len()
         ),
     ))
-}
-
-/// An error carrying `code`, for the summary after per-worker errors were printed.
-fn with_code(code: u8, msg: String) -> Error {
-    match code {
-        3 => Error::NotFound(msg),
-        5 => Error::Conflict(msg),
-        6 => Error::Invalid(msg),
-        8 => Error::NoHome(msg),
-        2 => Error::Usage(msg),
-        _ => Error::Internal(msg),
-    }
 }
 
 fn result_json(r: &StopResult) -> Value {

@@ -423,20 +423,7 @@ fn run(cli: Cli) -> Result<()> {
             let t = queue::requeue(&home, &task_id(&home, &a.task)?, None, &a.reason)?;
             cli::out(t.state.name())
         }
-        Command::Cancel(a) => {
-            let mut first_err = None;
-            for id in &crate::lookup::resolve_tasks(&home, &a.tasks)? {
-                match queue::cancel(&home, id, &a.reason) {
-                    Ok(queue::Cancelled::Cancelled) => cli::out(format!("{id} cancelled"))?,
-                    Ok(queue::Cancelled::Cancelling) => cli::out(format!("{id} cancelling"))?,
-                    Err(e) => {
-                        eprintln!("error: {e}");
-                        first_err.get_or_insert(e);
-                    }
-                }
-            }
-            first_err.map_or(Ok(()), Err)
-        }
+        Command::Cancel(a) => cancel(&home, a),
         Command::Pause(a) => {
             let changed = queue::pause(&home, &a.class, &a.reason)?;
             cli::out(if changed { "paused" } else { "already paused" })
@@ -455,6 +442,32 @@ fn run(cli: Cli) -> Result<()> {
         ),
         Command::Purge(a) => purge(&home, a),
         Command::Work(a) => work(&home, a),
+    }
+}
+
+/// Cancels each task named. A lone task's error is the command's error; with several, each
+/// failure is printed as it happens and the command ends with how many were not cancelled,
+/// exiting with the first failure's code.
+fn cancel(home: &Home, a: CancelArgs) -> Result<()> {
+    let ids = crate::lookup::resolve_tasks(home, &a.tasks)?;
+    let mut failed: Vec<Error> = Vec::new();
+    for id in &ids {
+        match queue::cancel(home, id, &a.reason) {
+            Ok(queue::Cancelled::Cancelled) => cli::out(format!("{id} cancelled"))?,
+            Ok(queue::Cancelled::Cancelling) => cli::out(format!("{id} cancelling"))?,
+            Err(e) if ids.len() == 1 => return Err(e),
+            Err(e) => {
+                eprintln!("error: {e}");
+                failed.push(e);
+            }
+        }
+    }
+    match failed.first() {
+        None => Ok(()),
+        Some(first) => Err(Error::with_code(
+            first.exit_code(),
+            format!("{} of {} task(s) not cancelled", failed.len(), ids.len()),
+        )),
     }
 }
 

@@ -421,11 +421,26 @@ fn cancel_pending_deferred_and_finished_tasks() {
     let y = enqueue(&s, &["--class", "c", "--after", &x]);
     s.ok("task-queue", &["cancel", &y]);
     assert_eq!(state_of(&s, &y), "cancelled");
-    s.code("task-queue", &["cancel", &a], 5);
-    s.code("task-queue", &["cancel", "no-such-task"], 3);
+    // Each refusal is said once: alone, as the command's error; among several ids, as it
+    // happens, then a count (the first refusal's code).
+    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+    let once = stderr(&s.code("task-queue", &["cancel", &a], 5));
+    assert_eq!(once.matches("is cancelled already").count(), 1, "{once}");
+    let once = stderr(&s.code("task-queue", &["cancel", "no-such-task"], 3));
+    assert_eq!(once.matches("no-such-task").count(), 1, "{once}");
+    let z = enqueue(&s, &["--class", "c"]);
+    let several = s.code("task-queue", &["cancel", &a, &z, "no-such-task"], 5);
+    assert_eq!(
+        String::from_utf8_lossy(&several.stdout).trim(),
+        format!("{z} cancelled")
+    );
+    let err = stderr(&several);
+    assert_eq!(err.matches("is cancelled already").count(), 1, "{err}");
+    assert_eq!(err.matches("no-such-task").count(), 1, "{err}");
+    assert!(err.contains("2 of 3 task(s) not cancelled"), "{err}");
     let st: Value =
         serde_json::from_str(&s.ok("task-queue", &["stats", "--format", "json"])).unwrap();
-    assert_eq!(st["totals"]["cancelled"], 2, "{st}");
+    assert_eq!(st["totals"]["cancelled"], 3, "{st}");
     assert_eq!(st["totals"]["deferred"], 0, "{st}");
 }
 
