@@ -641,14 +641,28 @@ fn claim(home: &Home, a: ClaimArgs) -> Result<()> {
         None => c.try_claim()?,
     };
     let Some(task) = task else {
+        // A paused class is the first thing to suspect when tasks are there but none comes.
+        let paused: Vec<String> = queue::paused(home)
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|c| a.classes.is_empty() || a.classes.contains(c))
+            .collect();
         return Err(Error::NothingToDo(format!(
-            "no task to claim{}{}",
+            "no task to claim{}{}{}",
             if a.classes.is_empty() {
                 String::new()
             } else {
                 format!(" in {}", a.classes.join(", "))
             },
-            wait.map(|s| format!(" within {s}s")).unwrap_or_default()
+            wait.map(|s| format!(" within {s}s")).unwrap_or_default(),
+            if paused.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (paused: {}; `task-queue resume CLASS` lets claimers take them)",
+                    paused.join(", ")
+                )
+            }
         )));
     };
     beat_if_worker(home, &a.worker, Status::Running, Some(&task.task_id));

@@ -575,8 +575,19 @@ fn pause_stops_claims_until_resume_wakes_the_waiters() {
         "paused"
     );
     assert_eq!(s.ok("task-queue", &["pause", "p"]).trim(), "already paused");
-    s.code("task-queue", &["claim", "--worker", "w"], 7);
-    s.code("task-queue", &["claim", "--worker", "w", "--class", "p"], 7);
+    // The refusal names the pause, the first thing to suspect; a class that is not paused
+    // is not named.
+    for args in [
+        vec!["claim", "--worker", "w"],
+        vec!["claim", "--worker", "w", "--class", "p"],
+    ] {
+        let out = s.code("task-queue", &args, 7);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("(paused: p;"), "{err}");
+    }
+    let out = s.code("task-queue", &["claim", "--worker", "w", "--class", "q"], 7);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("paused"), "{err}");
     enqueue(&s, &["--class", "p"]);
     let st: Value =
         serde_json::from_str(&s.ok("task-queue", &["stats", "--format", "json"])).unwrap();
