@@ -632,6 +632,12 @@ fn open_held(path: &Path) -> std::result::Result<(File, Vec<u8>), ReadError> {
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(ReadError::Refused("symlink refused".into()))
         }
+        // Opened for writing, a directory fails here rather than at the `fstat` below.
+        Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+            return Err(ReadError::Refused(
+                "not a regular file (a directory)".into(),
+            ))
+        }
         Err(e) => return Err(io("open", e)),
     };
     let meta = f.metadata().map_err(|e| io("stat", e))?;

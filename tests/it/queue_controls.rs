@@ -323,6 +323,44 @@ fn malformed_pending_files_are_quarantined_and_reported() {
         .all(|f| f.kind != "malformed_pending"));
 }
 
+#[test]
+fn entries_that_are_no_files_ahead_of_a_task_are_quarantined_not_a_wedge() {
+    // A directory, a FIFO and a symlink named like tasks, sorted ahead of the real one:
+    // the old claim renamed the directory into `.claiming/`, failed to open it for writing
+    // (EISDIR), put it back and exited 1, at every claim, so the class was wedged.
+    let s = Scene::new();
+    let good = enqueue(&s, &["--class", "c"]);
+    let real = pending_files(&s).remove(0);
+    let leaf = real.parent().unwrap().to_path_buf();
+    let name = real.file_name().unwrap().to_str().unwrap().to_string();
+    let ahead = |tag: &str| leaf.join(name.replace(&good, &format!("task-0{tag}")));
+    std::fs::create_dir(ahead("dir")).unwrap();
+    std::fs::write(ahead("dir").join("inside.txt"), "kept").unwrap();
+    let fifo = std::ffi::CString::new(ahead("fifo").to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+    std::os::unix::fs::symlink("/etc/hostname", ahead("link")).unwrap();
+    let t = claim(&s, &["--worker", "w", "--class", "c"]);
+    assert_eq!(t["task_id"], good.as_str());
+    let q = quarantined(&s);
+    for tag in ["dir", "fifo", "link"] {
+        assert!(
+            q.iter().any(|n| n.ends_with(&format!("task-0{tag}.json"))),
+            "{tag}: {q:?}"
+        );
+    }
+    // The directory went aside whole; nothing is left in the bucket or half-claimed.
+    let qdir = s.coord().join("quarantine");
+    let moved = q.iter().find(|n| n.ends_with("task-0dir.json")).unwrap();
+    assert_eq!(
+        std::fs::read_to_string(qdir.join(moved).join("inside.txt")).unwrap(),
+        "kept"
+    );
+    assert!(!leaf.exists() || std::fs::read_dir(&leaf).unwrap().next().is_none());
+    let claiming = tasks(&s).join(".claiming");
+    assert!(!claiming.exists() || std::fs::read_dir(&claiming).unwrap().next().is_none());
+    assert_eq!(s.events_of("spec_quarantined").len(), 3);
+}
+
 // ---------------------------------------------------------------------------------------
 // No stranded claims.
 
