@@ -542,6 +542,7 @@ fn enqueue(home: &Home, a: EnqueueArgs) -> Result<()> {
         let stdout = std::io::stdout();
         let mut out = std::io::BufWriter::new(stdout.lock());
         let res = queue::enqueue_bulk(home, input, &opts, |t| {
+            warn_if_dead(t);
             match a.format {
                 Format::Table => writeln!(out, "{}", t.task_id),
                 _ => writeln!(out, "{}", t.to_value()?),
@@ -566,9 +567,26 @@ fn enqueue(home: &Home, a: EnqueueArgs) -> Result<()> {
         timeout_seconds: timeout,
     };
     let t = queue::enqueue(home, &req)?;
+    warn_if_dead(&t);
     match a.format {
         Format::Table => cli::out(&t.task_id),
         f => print_task(f, &t),
+    }
+}
+
+/// An enqueue after a failed or cancelled task lands in `failed/` at once (exit 0: the task
+/// exists and its id is printed); say so on stderr, since the id alone reads like success.
+fn warn_if_dead(t: &Task) {
+    if t.state == TaskState::Failed {
+        eprintln!(
+            "warning: task {} was dead-lettered at once: {}",
+            t.task_id,
+            crate::view::term::escape_line(
+                t.error
+                    .as_deref()
+                    .unwrap_or("a dependency did not complete")
+            )
+        );
     }
 }
 

@@ -528,6 +528,28 @@ fn dependencies_release_on_completion_and_dead_letter_on_failure() {
     // A dependency that is already done: straight to pending.
     let late = enqueue(&s, &["--class", "c", "--after", &b]);
     assert_eq!(state_of(&s, &late), "pending");
+    // One that already failed: the new task is dead on arrival. Its id is printed (exit 0)
+    // and stderr says why, alone or in a bulk load.
+    let out = s.code("task-queue", &["enqueue", "--class", "c", "--after", &a], 0);
+    let doa = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert_eq!(state_of(&s, &doa), "failed");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("warning: task {doa} was dead-lettered at once"))
+            && err.contains(&format!("dependency {a}")),
+        "{err}"
+    );
+    let line = format!("{{\"payload\": 1, \"after\": [\"{a}\"]}}\n2\n");
+    let out = s.run_stdin(
+        "task-queue",
+        &["enqueue", "--class", "c", "--jsonl", "-"],
+        line.as_bytes(),
+    );
+    assert_eq!(out.status.code(), Some(0));
+    let ids = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(ids.lines().count(), 2, "{ids}");
+    assert_eq!(err.matches("dead-lettered at once").count(), 1, "{err}");
 }
 
 #[test]
