@@ -783,6 +783,11 @@ fn wait(home: &Home, a: WaitArgs) -> Result<()> {
 
 /// Streams the list (see `view::tasks::TaskListWriter`).
 fn list(home: &Home, a: ListArgs) -> Result<()> {
+    // Checked before the header (or the JSON array) is written: a refused class prints
+    // nothing on stdout.
+    if let Some(c) = &a.class {
+        crate::id::validate("class", c)?;
+    }
     let q = queue::ListQuery {
         state: a.state,
         class: a.class.clone(),

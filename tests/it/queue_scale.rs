@@ -160,6 +160,15 @@ fn list_streams_in_claim_order_with_a_limit() {
     assert_eq!(arr.as_array().unwrap().len(), 2);
     let table = s.ok("task-queue", &["list", "--state", "pending"]);
     assert_eq!(table.lines().count(), 51, "a header and 50 rows");
+    // A refused class is exit 6 with nothing on stdout: no header, no empty array.
+    for format in ["table", "json"] {
+        let out = s.code(
+            "task-queue",
+            &["list", "--class", "no/such", "--format", format],
+            6,
+        );
+        assert!(out.stdout.is_empty(), "{format}: {:?}", out.stdout);
+    }
 }
 
 /// What a claim reads does not grow with the queue: a one-shot claim reads four short
