@@ -118,12 +118,13 @@ pub(super) fn launch_spec(
 fn engine_program(lc: &LaunchContainer) -> Result<String> {
     let kind = EngineKind::parse(Some(&lc.engine))?;
     let cwd = Path::new("/");
-    plan::resolve_program(kind.program(), cwd, std::env::var_os("PATH").as_deref()).map_err(|_| {
-        Error::Invalid(format!(
+    crate::process::resolve_program(kind.program(), cwd, std::env::var_os("PATH").as_deref())
+        .map_err(|_| {
+            Error::Invalid(format!(
             "container engine {} not found on PATH (install it, or see scripts/containers setup)",
             kind.program()
         ))
-    })
+        })
 }
 
 /// A container that started: its state when first seen running (or already exited).

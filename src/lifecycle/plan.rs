@@ -8,6 +8,7 @@
 use crate::error::{Error, Result};
 use crate::home::Home;
 use crate::policy::WorkerType;
+use crate::process::resolve_program;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
@@ -117,41 +118,6 @@ pub fn read_env_file(home: &Home, file: &str) -> Result<Vec<(String, String)>> {
         )));
     }
     parse_env_file(&text, &path)
-}
-
-/// True when `p` is a regular file we may execute.
-fn executable(p: &Path) -> bool {
-    p.is_file() && nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
-}
-
-/// Resolves a command's program to an absolute path: a name with a `/` is taken relative to
-/// `cwd`; a bare name is looked up in `path` (the spawner's `PATH`), whose relative entries
-/// are also taken relative to `cwd`. Refused (exit 6) when nothing executable is found, so
-/// nothing is written for a command that could never start.
-pub fn resolve_program(prog: &str, cwd: &Path, path: Option<&std::ffi::OsStr>) -> Result<String> {
-    if prog.is_empty() {
-        return Err(Error::Invalid("empty worker command".into()));
-    }
-    let found = if prog.contains('/') {
-        let p = cwd.join(prog);
-        executable(&p).then_some(p)
-    } else {
-        path.map(std::env::split_paths)
-            .into_iter()
-            .flatten()
-            .map(|d| cwd.join(d).join(prog))
-            .find(|p| executable(p))
-    };
-    let p = found.ok_or_else(|| {
-        Error::Invalid(format!(
-            "worker command not found or not executable: {prog:?} (from {})",
-            cwd.display()
-        ))
-    })?;
-    let p = std::path::absolute(&p).unwrap_or(p);
-    p.into_os_string()
-        .into_string()
-        .map_err(|p| Error::Invalid(format!("worker command path is not UTF-8: {p:?}")))
 }
 
 /// Resolves argv's program (see [`resolve_program`]); the arguments are kept as given.

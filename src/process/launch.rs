@@ -252,6 +252,41 @@ pub fn reap_children() -> Vec<ChildExit> {
     out
 }
 
+/// True when `p` is a regular file we may execute.
+fn executable(p: &Path) -> bool {
+    p.is_file() && nix::unistd::access(p, nix::unistd::AccessFlags::X_OK).is_ok()
+}
+
+/// Resolves a command's program to an absolute path: a name with a `/` is taken relative to
+/// `cwd`; a bare name is looked up in `path` (the spawner's `PATH`), whose relative entries
+/// are also taken relative to `cwd`. Refused (exit 6) when nothing executable is found, so
+/// nothing is written for a command that could never start.
+pub fn resolve_program(prog: &str, cwd: &Path, path: Option<&std::ffi::OsStr>) -> Result<String> {
+    if prog.is_empty() {
+        return Err(Error::Invalid("empty worker command".into()));
+    }
+    let found = if prog.contains('/') {
+        let p = cwd.join(prog);
+        executable(&p).then_some(p)
+    } else {
+        path.map(std::env::split_paths)
+            .into_iter()
+            .flatten()
+            .map(|d| cwd.join(d).join(prog))
+            .find(|p| executable(p))
+    };
+    let p = found.ok_or_else(|| {
+        Error::Invalid(format!(
+            "worker command not found or not executable: {prog:?} (from {})",
+            cwd.display()
+        ))
+    })?;
+    let p = std::path::absolute(&p).unwrap_or(p);
+    p.into_os_string()
+        .into_string()
+        .map_err(|p| Error::Invalid(format!("worker command path is not UTF-8: {p:?}")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

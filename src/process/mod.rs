@@ -11,7 +11,8 @@ mod proof;
 pub mod signals;
 
 pub use launch::{
-    command, launch, raise_fd_limit, reap_children, spawn_claimed, ChildExit, Claim, Launch,
+    command, launch, raise_fd_limit, reap_children, resolve_program, spawn_claimed, ChildExit,
+    Claim, Launch,
 };
 pub use proof::{
     alive_lock_free, group_members, lock_holders, stop_group, terminate, terminate_pid, GroupStop,

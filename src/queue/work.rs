@@ -156,6 +156,8 @@ enum StopReason {
     Shutdown,
     Cancel,
     Timeout,
+    /// The command could not be started: the task goes back, the loop ends.
+    Unrunnable,
 }
 
 /// How a run of the command ended.
@@ -182,6 +184,8 @@ pub struct Work<'h, L: Liveness> {
     jobs_unreported: u64,
     /// Watches the running task's file (a cancellation rewrites it).
     task_watch: Option<Watcher>,
+    /// Why the command could not be started, once it could not: the loop's error.
+    unrunnable: Option<Error>,
     sum: WorkSummary,
 }
 
@@ -192,6 +196,14 @@ impl<'h, L: Liveness> Work<'h, L> {
         if opts.command.is_empty() {
             return Err(Error::Invalid("work needs a command to run".into()));
         }
+        // A command that cannot start is refused before any claim (exit 6): run anyway, it
+        // would fail every task of the queue, each attempt in a millisecond.
+        let cwd = std::env::current_dir().map_err(|e| Error::io("cannot read the cwd", e))?;
+        crate::process::resolve_program(
+            &opts.command[0],
+            &cwd,
+            std::env::var_os("PATH").as_deref(),
+        )?;
         for (what, v) in [
             ("--lease", Some(opts.lease)),
             ("--heartbeat-interval", Some(opts.heartbeat_interval)),
@@ -226,6 +238,7 @@ impl<'h, L: Liveness> Work<'h, L> {
             beat_task: None,
             jobs_unreported: 0,
             task_watch: None,
+            unrunnable: None,
             sum: WorkSummary::default(),
         })
     }
@@ -354,6 +367,9 @@ impl<'h, L: Liveness> Work<'h, L> {
                     _ => "unknown".into(),
                 }
             ));
+            if self.unrunnable.is_some() {
+                break;
+            }
             self.sum.tasks += 1;
             self.jobs_unreported += 1;
             idle_since = Instant::now();
@@ -399,7 +415,10 @@ impl<'h, L: Liveness> Work<'h, L> {
             s.costs.events,
             s.costs.event_ns as f64 / 1e6 / s.tasks.max(1) as f64,
         );
-        Ok(self.sum)
+        match self.unrunnable.take() {
+            Some(e) => Err(e),
+            None => Ok(self.sum),
+        }
     }
 
     fn run_task(&mut self, task: &Task) -> Result<Outcome> {
@@ -427,14 +446,23 @@ impl<'h, L: Liveness> Work<'h, L> {
         let mut child = match cmd.spawn() {
             Ok(c) => c,
             Err(e) => {
-                // Not runnable: the task fails (it may run elsewhere), the loop goes on.
+                // Not runnable (it was when the loop started): the task is not at fault and
+                // goes back for another worker; this loop ends, since every task would fail
+                // the same way, each attempt in a millisecond.
                 tracing::error!("cannot run {}: {e}", argv[0]);
+                let why = format!("cannot run {}: {e}", argv[0]);
+                self.unrunnable = Some(match e.kind() {
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::PermissionDenied => {
+                        Error::Invalid(format!("{why} (task {} requeued)", task.task_id))
+                    }
+                    _ => Error::io(format!("{why} (task {} requeued)", task.task_id), e),
+                });
                 return Ok(Outcome {
                     code: Some(127),
                     signal: None,
-                    stdout: format!("cannot run {}: {e}", argv[0]).into_bytes(),
+                    stdout: why.into_bytes(),
                     truncated: false,
-                    stopped: None,
+                    stopped: Some(StopReason::Unrunnable),
                     took: 0.0,
                 });
             }
@@ -702,6 +730,20 @@ impl<'h, L: Liveness> Work<'h, L> {
         let id = &task.task_id;
         let cmd0 = &self.opts.command[0];
         let (res, outcome) = match out.stopped {
+            Some(StopReason::Unrunnable) => (
+                transitions::requeue(
+                    self.home,
+                    id,
+                    Some(&me),
+                    &format!(
+                        "worker {}: {}",
+                        self.opts.worker,
+                        String::from_utf8_lossy(&out.stdout)
+                    ),
+                )
+                .map(|_| ()),
+                "requeued",
+            ),
             Some(StopReason::Cancel) => (
                 transitions::finish_cancel(self.home, id, &me).map(|_| ()),
                 "cancelled",

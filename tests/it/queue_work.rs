@@ -387,3 +387,70 @@ fn cancelling_a_running_task_stops_its_command_through_the_work_loop() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A `work` loop whose command cannot start must not empty the queue into `failed/`: the
+/// old loop failed every task, each attempt in a millisecond (three tasks dead-lettered in
+/// 15 ms). A command missing at the start is refused before any claim; one that disappears
+/// later (a deploy replacing it) gives the task back and ends the loop.
+#[test]
+fn a_command_that_cannot_start_never_burns_the_queue() {
+    let s = Scene::new();
+    let ids: Vec<String> = (0..3)
+        .map(|_| enqueue(&s, &["--class", "r", "--max-attempts", "1"]))
+        .collect();
+    let o = s.code(
+        "task-queue",
+        &[
+            "work",
+            "--worker",
+            "w",
+            "--class",
+            "r",
+            "--",
+            "/no/such/command",
+        ],
+        6,
+    );
+    assert!(
+        stderr(&o).contains("not found or not executable"),
+        "{}",
+        stderr(&o)
+    );
+    assert_eq!(pending_in(&s, "r"), 3, "nothing was claimed");
+    for id in &ids {
+        assert_eq!(state_of(&s, id), "pending");
+    }
+    // A script that removes itself: the first task completes, the next cannot start.
+    let script = s.home.join("vanishing.sh");
+    std::fs::write(&script, "#!/bin/sh\ncat >/dev/null\nrm -f -- \"$0\"\n").unwrap();
+    let mut perm = std::fs::metadata(&script).unwrap().permissions();
+    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
+    std::fs::set_permissions(&script, perm).unwrap();
+    let o = s.code(
+        "task-queue",
+        &[
+            "work",
+            "--worker",
+            "w",
+            "--class",
+            "r",
+            "--idle-exit",
+            "5",
+            "--",
+            script.to_str().unwrap(),
+        ],
+        6,
+    );
+    let err = stderr(&o);
+    assert!(
+        err.contains("cannot run") && err.contains("requeued"),
+        "{err}"
+    );
+    assert_eq!(state_of(&s, &ids[0]), "completed");
+    // The second was given back (its one attempt spent, not failed); the third never taken.
+    assert_eq!(state_of(&s, &ids[1]), "pending");
+    assert_eq!(state_of(&s, &ids[2]), "pending");
+    assert!(err.contains("outcome=requeued"), "{err}");
+    assert_eq!(s.events_of("task_failed").len(), 0);
+    assert_eq!(s.events_of("task_dead_lettered").len(), 0);
+}
