@@ -297,7 +297,9 @@ impl<W: std::io::Write> TaskListWriter<W> {
             format!("{}/{}", t.attempts, t.max_attempts),
             t.claimed_by.clone().unwrap_or_else(|| "-".into()),
             age(since.map(|s| time::secs_between(s, self.now))),
-            t.name.clone().unwrap_or_default(),
+            // A name is free text from whoever enqueued: shown escaped (DESIGN §10), so it
+            // can neither drive the terminal nor break the row.
+            crate::view::term::escape_line(t.name.as_deref().unwrap_or_default()).into_owned(),
         ]
     }
 

@@ -361,6 +361,27 @@ fn entries_that_are_no_files_ahead_of_a_task_are_quarantined_not_a_wedge() {
     assert_eq!(s.events_of("spec_quarantined").len(), 3);
 }
 
+#[test]
+fn a_task_name_cannot_drive_the_terminal_or_break_the_listing() {
+    let s = Scene::new();
+    let name = "evil\u{1b}[31mRED\u{1b}]0;title\u{7}\nsecond line";
+    let id = enqueue(&s, &["--class", "c", "--name", name]);
+    let table = s.ok("task-queue", &["list"]);
+    assert!(
+        !table.contains('\u{1b}') && !table.contains('\u{7}'),
+        "{table:?}"
+    );
+    assert_eq!(table.lines().count(), 2, "a header and one row: {table:?}");
+    assert!(table.contains("evil\\x1b[31mRED"), "{table:?}");
+    // The JSON forms keep the name as it was given.
+    let line = s.ok("task-queue", &["list", "--format", "jsonl"]);
+    let v: Value = serde_json::from_str(line.trim()).unwrap();
+    assert_eq!(
+        (v["task_id"].as_str(), v["name"].as_str()),
+        (Some(id.as_str()), Some(name))
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // No stranded claims.
 
