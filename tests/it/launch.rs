@@ -6,7 +6,7 @@
 //! and an exit record says when its status is not known.
 
 use crate::support::procs::*;
-use crate::support::{stderr, stdout, wait_until, Scene};
+use crate::support::{stderr, stdout, wait_until, write_script, Scene};
 use corral::home::Home;
 use corral::lifecycle::{self, SpawnRequest};
 use serde_json::{json, Value};
@@ -55,12 +55,10 @@ fn a_relative_command_restarts_with_the_same_program_cwd_and_env() {
     let work = s.dir.path().join("work");
     std::fs::create_dir(&work).unwrap();
     let script = work.join("convert.sh");
-    std::fs::write(
+    write_script(
         &script,
         "#!/bin/sh\necho \"$PWD|$MODE|$TYPE_VAR|$SECRET|$CORRAL_WORKER_ID|$1\" >> \"$OUT\"\nexec sleep 120\n",
-    )
-    .unwrap();
-    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let env_file = s.coord().join("config/converter.env");
     std::fs::write(&env_file, "# secrets\nSECRET=s3cret\n").unwrap();
     set_type(

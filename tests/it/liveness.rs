@@ -2,7 +2,7 @@
 //! signal of DESIGN.md §6, health and resources, bad input, the singleton, adoption, hosts.
 
 use crate::support::procs::*;
-use crate::support::{stdout, wait_until, Scene};
+use crate::support::{stdout, wait_until, write_script, Scene};
 use serde_json::json;
 use std::time::{Duration, Instant};
 
@@ -250,8 +250,7 @@ fn cpu_over_the_threshold_raises_a_violation_and_runs_the_alert_command() {
     let s = Scene::new();
     let received = s.dir.path().join("received.jsonl");
     let script = s.dir.path().join("alert.sh");
-    std::fs::write(&script, "#!/bin/sh\ncat >> \"$1\"\n").unwrap();
-    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    write_script(&script, "#!/bin/sh\ncat >> \"$1\"\n");
     s.set_policy("cpu_threshold_percent", json!(5));
     s.set_policy(
         "alert_command",

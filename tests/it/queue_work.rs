@@ -4,7 +4,7 @@
 
 use crate::support::procs::*;
 use crate::support::queue::{enqueue, json_files_under, spawn_worker, state_of, tasks};
-use crate::support::{read_json, stderr, wait_until, Scene};
+use crate::support::{read_json, stderr, wait_until, write_script, Scene};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -398,50 +398,21 @@ fn a_command_that_cannot_start_never_burns_the_queue() {
     let ids: Vec<String> = (0..3)
         .map(|_| enqueue(&s, &["--class", "r", "--max-attempts", "1"]))
         .collect();
-    let o = s.code(
-        "task-queue",
-        &[
-            "work",
-            "--worker",
-            "w",
-            "--class",
-            "r",
-            "--",
-            "/no/such/command",
-        ],
-        6,
-    );
-    assert!(
-        stderr(&o).contains("not found or not executable"),
-        "{}",
-        stderr(&o)
-    );
+    let work = |tail: &[&str], code: i32| {
+        let mut args = vec!["work", "--worker", "w", "--class", "r"];
+        args.extend_from_slice(tail);
+        stderr(&s.code("task-queue", &args, code))
+    };
+    let err = work(&["--", "/no/such/command"], 6);
+    assert!(err.contains("not found or not executable"), "{err}");
     assert_eq!(pending_in(&s, "r"), 3, "nothing was claimed");
     for id in &ids {
         assert_eq!(state_of(&s, id), "pending");
     }
     // A script that removes itself: the first task completes, the next cannot start.
     let script = s.home.join("vanishing.sh");
-    std::fs::write(&script, "#!/bin/sh\ncat >/dev/null\nrm -f -- \"$0\"\n").unwrap();
-    let mut perm = std::fs::metadata(&script).unwrap().permissions();
-    std::os::unix::fs::PermissionsExt::set_mode(&mut perm, 0o755);
-    std::fs::set_permissions(&script, perm).unwrap();
-    let o = s.code(
-        "task-queue",
-        &[
-            "work",
-            "--worker",
-            "w",
-            "--class",
-            "r",
-            "--idle-exit",
-            "5",
-            "--",
-            script.to_str().unwrap(),
-        ],
-        6,
-    );
-    let err = stderr(&o);
+    write_script(&script, "#!/bin/sh\ncat >/dev/null\nrm -f -- \"$0\"\n");
+    let err = work(&["--idle-exit", "5", "--", script.to_str().unwrap()], 6);
     assert!(
         err.contains("cannot run") && err.contains("requeued"),
         "{err}"

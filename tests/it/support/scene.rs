@@ -203,6 +203,14 @@ pub fn read_json(p: &Path) -> Value {
         .unwrap_or_else(|e| panic!("{} is not JSON: {e}\n{text}", p.display()))
 }
 
+/// Writes an executable script (mode 0755) at `p`.
+pub fn write_script(p: &Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(p, body).unwrap_or_else(|e| panic!("cannot write {}: {e}", p.display()));
+    std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", p.display()));
+}
+
 /// Runs a command, killing it after `timeout`.
 pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
