@@ -482,17 +482,13 @@ fn cancel_pending_deferred_and_finished_tasks() {
     assert_eq!(state_of(&s, &y), "cancelled");
     // Each refusal is said once: alone, as the command's error; among several ids, as it
     // happens, then a count (the first refusal's code).
-    let stderr = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
     let once = stderr(&s.code("task-queue", &["cancel", &a], 5));
     assert_eq!(once.matches("is cancelled already").count(), 1, "{once}");
     let once = stderr(&s.code("task-queue", &["cancel", "no-such-task"], 3));
     assert_eq!(once.matches("no-such-task").count(), 1, "{once}");
     let z = enqueue(&s, &["--class", "c"]);
     let several = s.code("task-queue", &["cancel", &a, &z, "no-such-task"], 5);
-    assert_eq!(
-        String::from_utf8_lossy(&several.stdout).trim(),
-        format!("{z} cancelled")
-    );
+    assert_eq!(stdout(&several).trim(), format!("{z} cancelled"));
     let err = stderr(&several);
     assert_eq!(err.matches("is cancelled already").count(), 1, "{err}");
     assert_eq!(err.matches("no-such-task").count(), 1, "{err}");
@@ -552,9 +548,9 @@ fn dependencies_release_on_completion_and_dead_letter_on_failure() {
     // One that already failed: the new task is dead on arrival. Its id is printed (exit 0)
     // and stderr says why, alone or in a bulk load.
     let out = s.code("task-queue", &["enqueue", "--class", "c", "--after", &a], 0);
-    let doa = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let doa = stdout(&out).trim().to_string();
     assert_eq!(state_of(&s, &doa), "failed");
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(
         err.contains(&format!("warning: task {doa} was dead-lettered at once"))
             && err.contains(&format!("dependency {a}")),
@@ -567,8 +563,8 @@ fn dependencies_release_on_completion_and_dead_letter_on_failure() {
         line.as_bytes(),
     );
     assert_eq!(out.status.code(), Some(0));
-    let ids = String::from_utf8_lossy(&out.stdout);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let ids = stdout(&out);
+    let err = stderr(&out);
     assert_eq!(ids.lines().count(), 2, "{ids}");
     assert_eq!(err.matches("dead-lettered at once").count(), 1, "{err}");
 }
@@ -663,11 +659,11 @@ fn pause_stops_claims_until_resume_wakes_the_waiters() {
         vec!["claim", "--worker", "w", "--class", "p"],
     ] {
         let out = s.code("task-queue", &args, 7);
-        let err = String::from_utf8_lossy(&out.stderr);
+        let err = stderr(&out);
         assert!(err.contains("(paused: p;"), "{err}");
     }
     let out = s.code("task-queue", &["claim", "--worker", "w", "--class", "q"], 7);
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = stderr(&out);
     assert!(!err.contains("paused"), "{err}");
     enqueue(&s, &["--class", "p"]);
     let st: Value =
