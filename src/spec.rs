@@ -529,7 +529,8 @@ pub fn read_for_scan(path: &std::path::Path) -> std::result::Result<WorkerSpec, 
     WorkerSpec::from_value(value).map_err(|e| ReadError::Refused(e.to_string()))
 }
 
-/// Loads a worker wherever it lives; exit 3 when there is no such worker.
+/// Loads a worker wherever it lives; exit 3 when there is no such worker, 6 when its file
+/// names another worker.
 pub fn load(home: &Home, id: &str) -> Result<Located> {
     crate::id::validate("worker", id)?;
     let mut first = true;
@@ -542,6 +543,17 @@ pub fn load(home: &Home, id: &str) -> Result<Located> {
                     Error::Invalid(m) => Error::Invalid(format!("{}: {m}", path.display())),
                     other => other,
                 })?;
+                // A copied or hand-renamed spec: acting on it would save or move the
+                // worker its content names (S9). The monitor and `corral doctor --fix`
+                // quarantine it; a command only refuses.
+                if spec.worker_id != id {
+                    return Err(Error::Invalid(format!(
+                        "{}: the file is named {id} but the spec says {}; not acted on \
+                         (`corral doctor --fix` quarantines it)",
+                        path.display(),
+                        spec.worker_id
+                    )));
+                }
                 return Ok(Located { dir, path, spec });
             }
             // Moved since it was located (by another process, or another host whose move

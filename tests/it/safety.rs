@@ -248,6 +248,38 @@ fn stopping_a_clone_of_a_spec_never_touches_the_originals_process() {
     assert_eq!(s.dirs_of("clone"), ["completed"]);
 }
 
+/// A spec copied by hand (`cp active/A.json active/clone.json`, content unchanged): the
+/// copy names A inside, so a heartbeat or a stop through it acted on A's spec (it moved A
+/// to `completed/` and released A's tokens while A ran on). S9: a file whose name and content
+/// disagree is never acted on: both commands refuse with exit 6, A is untouched, and
+/// `corral doctor --fix` quarantines the copy.
+#[test]
+fn a_spec_copied_under_another_name_is_never_acted_on() {
+    let s = Scene::new();
+    let r = Reaper::default();
+    let a = launch(&s, &r, &[], &["sleep", "120"]);
+    let pid = worker_pid(&s, &a);
+    std::fs::copy(s.spec_path("active", &a), s.spec_path("active", "clone")).expect("copy");
+    let before = s.spec("active", &a);
+    let budget_before = s.budget();
+    let out = s.code("heartbeat", &["clone", "--message", "from the copy"], 6);
+    assert!(
+        stderr(&out).contains(&format!("spec says {a}")),
+        "{}",
+        stderr(&out)
+    );
+    let out = s.code("stop-worker", &["clone", "--grace", "1"], 6);
+    assert!(stderr(&out).contains("not acted on"), "{}", stderr(&out));
+    assert_eq!(s.spec("active", &a), before, "A's spec was rewritten");
+    assert_eq!(s.budget(), budget_before, "A's tokens were released");
+    assert_eq!(s.dirs_of(&a), ["active"]);
+    assert!(alive(pid));
+    s.ok("heartbeat", &[&a]);
+    s.run("corral", &["doctor", "--fix"]);
+    assert!(s.dirs_of("clone").is_empty(), "{}", s.tree());
+    assert_eq!(s.dirs_of(&a), ["active"]);
+}
+
 /// Case 4, forged: a spec planted in `zombie/` carrying the pid, start time and boot id of
 /// a live process (one that is no worker at all, and one that is another worker's) must
 /// not get either killed by `cleanup-zombies`.
