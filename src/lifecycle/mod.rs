@@ -82,6 +82,15 @@ pub fn heartbeat(home: &Home, id: &str, beat: &Beat) -> Result<WorkerSpec> {
             dir.name()
         )));
     }
+    if !spec.status.fits(StateDir::Active) {
+        // Ended, but the move out of active/ was cut short (a crash mid-stop, a hand edit):
+        // the monitor finishes the move; the worker must stop all the same.
+        return Err(Error::Conflict(format!(
+            "worker {id} is {} (its move out of active/ is unfinished): it is no longer \
+             active and should stop",
+            spec.status
+        )));
+    }
     let now = time::now();
     let mut evs = Vec::new();
     let first = spec.status == Status::Pending;

@@ -452,6 +452,28 @@ fn heartbeat_lifecycle_complete_and_fail() {
     s.code("heartbeat", &[&id2, "--status", "zombie"], 2);
 }
 
+/// A worker whose end was recorded but whose move out of `active/` was cut short (a crash
+/// mid-stop, a hand edit) is told to stop like one in `completed/` or `zombie/`: the beat
+/// used to be taken, exit 0.
+#[test]
+fn a_heartbeat_for_an_ended_status_still_in_active_is_refused() {
+    let s = Scene::new();
+    for status in ["failed", "zombie", "completed"] {
+        let w = stdout(&s.code(
+            "spawn-worker",
+            &["--type", "implementation-worker", "--tokens", "10"],
+            0,
+        ));
+        let w = w.trim();
+        let mut v = s.spec("active", w);
+        v["status"] = status.into();
+        std::fs::write(s.spec_path("active", w), v.to_string()).expect("write");
+        let out = s.code("heartbeat", &[w, "--message", "alive"], 5);
+        assert!(crate::support::stderr(&out).contains("no longer active"));
+        assert_eq!(s.spec("active", w), v, "the spec was rewritten");
+    }
+}
+
 #[test]
 fn heartbeat_loop_beats_until_the_process_exits() {
     let s = Scene::new();
