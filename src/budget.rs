@@ -150,7 +150,9 @@ pub fn recount(home: &Home, period_start: Option<Timestamp>) -> Result<Recount> 
         r.unreadable_specs += bad.len() as u64;
         for s in specs {
             if dir.is_live() {
-                r.used += s.token_budget.allocated;
+                // Saturating: counts come from files anyone can edit (S5), and a wrapped
+                // sum would "fix" a full budget back to empty.
+                r.used = r.used.saturating_add(s.token_budget.allocated);
                 r.live_workers += 1;
             } else {
                 let in_period = match (period_start, s.finished_at()) {
@@ -158,7 +160,7 @@ pub fn recount(home: &Home, period_start: Option<Timestamp>) -> Result<Recount> 
                     _ => true,
                 };
                 if in_period {
-                    r.consumed += s.token_budget.used;
+                    r.consumed = r.consumed.saturating_add(s.token_budget.used);
                     r.finished_workers += 1;
                 }
             }
@@ -183,6 +185,12 @@ impl Drift {
     pub fn any(&self) -> bool {
         self.used_drift != 0 || self.consumed_drift != 0 || self.available_drift != 0
     }
+}
+
+/// `a − b` as a signed count, saturated at the ends of `i64` (both may be near `u64::MAX`).
+pub fn drift(a: u64, b: u64) -> i64 {
+    let d = i128::from(a) - i128::from(b);
+    i64::try_from(d).unwrap_or(if d < 0 { i64::MIN } else { i64::MAX })
 }
 
 /// Options for [`recalc`].
@@ -210,7 +218,7 @@ pub fn recalc(home: &Home, opts: &RecalcOptions) -> Result<Drift> {
     after.used = rc.used;
     after.consumed = rc.consumed;
     after.settle();
-    let diff = |a: u64, b: u64| a as i64 - b as i64;
+    let diff = drift;
     let drift = Drift {
         used_drift: diff(after.used, before.used),
         consumed_drift: diff(after.consumed, before.consumed),
@@ -232,6 +240,14 @@ pub fn recalc(home: &Home, opts: &RecalcOptions) -> Result<Drift> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn drift_saturates_at_the_ends_of_i64() {
+        assert_eq!(drift(5, 7), -2);
+        assert_eq!(drift(u64::MAX, 0), i64::MAX);
+        assert_eq!(drift(0, u64::MAX), i64::MIN);
+        assert_eq!(drift(u64::MAX, u64::MAX - 1), 1);
+    }
 
     #[test]
     fn reserve_release_keep_the_invariant() {

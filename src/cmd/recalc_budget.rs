@@ -61,7 +61,7 @@ fn run(cli: Cli) -> Result<()> {
                     "total".into(),
                     d.before.total.to_string(),
                     d.after.total.to_string(),
-                    signed(d.after.total as i64 - d.before.total as i64),
+                    signed(budget::drift(d.after.total, d.before.total)),
                 ],
                 vec![
                     "used".into(),

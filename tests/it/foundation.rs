@@ -502,6 +502,33 @@ fn heartbeat_loop_beats_until_the_process_exits() {
     );
 }
 
+/// Token counts near `u64::MAX` (S5: any count from a flag or a spec): the budget file
+/// saturates, so a recount must too. It used to wrap: two workers that each used 2^63
+/// tokens summed to 0, and `recalc-budget` "fixed" a spent budget back to full.
+#[test]
+fn a_recount_of_huge_token_counts_saturates_instead_of_wrapping() {
+    let s = Scene::new();
+    let ws: Vec<String> = (0..2)
+        .map(|_| stdout(&s.code("spawn-worker", &["--type", "test-worker"], 0)))
+        .collect();
+    for w in &ws {
+        s.ok("heartbeat", &[w, "--tokens-used", "9223372036854775808"]);
+        s.ok("heartbeat", &[w, "--complete"]);
+    }
+    assert_eq!(s.budget()["consumed"], u64::MAX);
+    assert_eq!(s.budget()["available"], 0);
+    s.code("recalc-budget", &["--check"], 0);
+    s.ok("recalc-budget", &[]);
+    assert_eq!(s.budget()["consumed"], u64::MAX);
+    assert_eq!(s.budget()["available"], 0);
+    let out = s.ok(
+        "recalc-budget",
+        &["--set-total", "18446744073709551615", "--format", "json"],
+    );
+    let r: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(r["drift"], false, "{r:#}");
+}
+
 #[test]
 fn recalc_budget_reports_and_fixes_drift() {
     let s = Scene::with_tokens(500_000);
