@@ -295,7 +295,7 @@ fn stop_process_group(
                 ProcessOutcome::GroupTerminated
             };
         }
-        if !g.unproven.is_empty() {
+        if g.signalled && !g.unproven.is_empty() {
             tracing::warn!(
                 "{id}: members {:?} of its group carry no proof of being the worker's; they were in its group and got its signals",
                 g.unproven

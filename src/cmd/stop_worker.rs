@@ -108,6 +108,16 @@ fn run(cli: Cli) -> Result<()> {
     ))
 }
 
+/// The tokens this stop released: none when another stopper had already released them, so
+/// summing the column counts each worker once.
+fn released(s: &stop::Stopped) -> u64 {
+    if s.process == stop::ProcessOutcome::AlreadyStopped {
+        0
+    } else {
+        s.spec.token_budget.allocated
+    }
+}
+
 fn result_json(r: &StopResult) -> Value {
     match &r.outcome {
         Ok(s) => json!({
@@ -117,7 +127,7 @@ fn result_json(r: &StopResult) -> Value {
             "process": s.process,
             "signal": s.process.signal(),
             "pid": s.spec.pid,
-            "tokens_released": s.spec.token_budget.allocated,
+            "tokens_released": released(s),
             "tokens_used": s.spec.token_budget.used,
             "uptime_seconds": crate::lifecycle::uptime_seconds(&s.spec, crate::time::now()),
             "completed_at": s.spec.completed_at.as_ref().map(crate::time::format),
@@ -153,7 +163,7 @@ fn print(format: Format, results: &[StopResult]) -> Result<()> {
                         shown(&r.worker_id),
                         "stopped".into(),
                         s.process.describe().into(),
-                        s.spec.token_budget.allocated.to_string(),
+                        released(s).to_string(),
                     ],
                     Err(e) => vec![
                         shown(&r.worker_id),

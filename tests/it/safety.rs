@@ -246,6 +246,25 @@ fn stopping_a_clone_of_a_spec_never_touches_the_originals_process() {
     assert!(alive(pid), "A's process was signalled");
     assert_eq!(s.dirs_of(&a), ["active"]);
     assert_eq!(s.dirs_of("clone"), ["completed"]);
+    // Written straight into active/ with its process block: the stop proves nothing of
+    // "clone2" in A's group, so it signals nothing, and must not claim it did (it warned
+    // that A's processes "got its signals").
+    let mut clone2 = s.spec("active", &a);
+    clone2["worker_id"] = json!("clone2");
+    std::fs::write(s.spec_path("active", "clone2"), clone2.to_string()).expect("write");
+    let out = s.run(
+        "stop-worker",
+        &["clone2", "--grace", "1", "--format", "json"],
+    );
+    s.expect_code("stop-worker", &["clone2"], &out, 0);
+    let report: Value = serde_json::from_str(&stdout(&out)).expect("json");
+    assert_eq!(report[0]["process"], "unproven", "{report:#}");
+    assert!(
+        !stderr(&out).contains("got its signals"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(alive(pid), "A's process was signalled");
 }
 
 /// A spec copied by hand (`cp active/A.json active/clone.json`, content unchanged): the

@@ -162,6 +162,13 @@ fn stop_by_id_ends_the_group_records_the_stop_and_releases_the_budget() {
     assert!(stopped[0]["data"]["uptime_seconds"].as_f64().is_some());
     assert_eq!(stopped[0]["data"]["jobs_processed"], 0);
     assert_eq!(events_for(&evs, "budget_released", id).len(), 1);
+    // Stopping it again says another stopper did it, and releases nothing: summing the
+    // JSON's tokens_released counted its 30,000 tokens twice.
+    let out = s.ok("stop-worker", &[id, "--format", "json"]);
+    let again: Value = serde_json::from_str(&out).expect("json report");
+    assert_eq!(again[0]["process"], "already_stopped", "{again:#}");
+    assert_eq!(again[0]["tokens_released"], 0, "{again:#}");
+    assert_eq!(events_for(&s.events(), "budget_released", id).len(), 1);
     // The worker log is kept.
     assert!(s
         .home
