@@ -117,12 +117,12 @@ pub fn adopt(home: &Home, id: &str, now: Timestamp) -> Result<Adopted> {
         filled.push("resources.timeout_minutes".into());
     }
     s.normalize(now);
-    s.history.push(Transition {
-        at: now,
-        from: None,
-        to: s.status.as_str().into(),
-        reason: "adopted: written into active/ by hand".into(),
-    });
+    s.history.push(Transition::new(
+        now,
+        None,
+        s.status.as_str(),
+        "adopted: written into active/ by hand",
+    ));
     s.extra
         .insert(ADOPTED_AT.into(), Value::String(time::format(&now)));
     let need = s.token_budget.allocated;

@@ -319,6 +319,27 @@ pub struct Transition {
     pub to: String,
     #[serde(default)]
     pub reason: String,
+    /// Fields other tools added to the entry (DESIGN §3: preserved on rewrite).
+    #[serde(flatten)]
+    pub extra: Map<String, Value>,
+}
+
+impl Transition {
+    /// An entry corral writes: no fields of other tools.
+    pub fn new(
+        at: Timestamp,
+        from: Option<&str>,
+        to: &str,
+        reason: impl Into<String>,
+    ) -> Transition {
+        Transition {
+            at,
+            from: from.map(str::to_string),
+            to: to.to_string(),
+            reason: reason.into(),
+            extra: Map::new(),
+        }
+    }
 }
 
 /// A worker spec. Field names and types are the contract the runbook's `jq` reads.
@@ -400,12 +421,7 @@ impl WorkerSpec {
             completed_at: None,
             updated_at: Some(now),
             exit: None,
-            history: vec![Transition {
-                at: now,
-                from: None,
-                to: "pending".into(),
-                reason: "spawned".into(),
-            }],
+            history: vec![Transition::new(now, None, "pending", "spawned")],
             extra: Map::new(),
         }
     }
@@ -457,12 +473,12 @@ impl WorkerSpec {
 
     /// Changes status and appends the transition to `history` (capped).
     pub fn set_status(&mut self, to: Status, reason: &str, now: Timestamp) {
-        self.history.push(Transition {
-            at: now,
-            from: Some(self.status.as_str().into()),
-            to: to.as_str().into(),
-            reason: reason.into(),
-        });
+        self.history.push(Transition::new(
+            now,
+            Some(self.status.as_str()),
+            to.as_str(),
+            reason,
+        ));
         self.cap_history();
         self.status = to;
         self.updated_at = Some(now);
@@ -691,12 +707,7 @@ mod tests {
         );
         // A hand-made spec with a long history is written capped too.
         s.history = (0..500)
-            .map(|i| Transition {
-                at: now,
-                from: None,
-                to: "running".into(),
-                reason: format!("r{i}"),
-            })
+            .map(|i| Transition::new(now, None, "running", format!("r{i}")))
             .collect();
         let v = s.to_value().unwrap();
         let h = v["history"].as_array().unwrap();

@@ -200,12 +200,12 @@ pub fn move_worker(
     let now = time::now();
     match mv.status {
         Some(st) => spec.set_status(st, mv.reason, now),
-        None => spec.history.push(spec::Transition {
-            at: now,
-            from: Some(dir.name().into()),
-            to: mv.to.name().into(),
-            reason: mv.reason.into(),
-        }),
+        None => spec.history.push(spec::Transition::new(
+            now,
+            Some(dir.name()),
+            mv.to.name(),
+            mv.reason,
+        )),
     }
     mutate(&mut spec);
     spec.normalize(now);

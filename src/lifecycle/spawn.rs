@@ -683,12 +683,12 @@ pub fn write_from_spec(home: &Home, value: Value) -> Result<FromSpec> {
     let now = time::now();
     s.normalize(now);
     if s.history.is_empty() {
-        s.history.push(spec::Transition {
-            at: now,
-            from: None,
-            to: s.status.as_str().into(),
-            reason: "written from spec".into(),
-        });
+        s.history.push(spec::Transition::new(
+            now,
+            None,
+            s.status.as_str(),
+            "written from spec",
+        ));
     }
     let dir = s.status.home_dir();
     let _g = spec::lock(home, &s.worker_id)?;

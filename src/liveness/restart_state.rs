@@ -545,12 +545,12 @@ mod tests {
         );
         assert!(!st.breakers.contains_key("test-worker"));
         let mut s = failed("c", 0, None);
-        s.history.push(crate::spec::Transition {
-            at: at("00:00"),
-            from: Some("running".into()),
-            to: "shutting_down".into(),
-            reason: "stop".into(),
-        });
+        s.history.push(crate::spec::Transition::new(
+            at("00:00"),
+            Some("running"),
+            "shutting_down",
+            "stop",
+        ));
         assert!(
             st.on_failure(&s, true, 3, &p, at("00:00")).is_none(),
             "stopped on purpose"

@@ -736,6 +736,12 @@ fn hand_made_specs_and_old_fixtures_load_everywhere() {
                 "and survive a heartbeat rewrite"
             );
             assert_eq!(again["token_budget"]["used"], 1201);
+            // Inside history entries too (they were rebuilt from known fields only).
+            let mut v = again.clone();
+            v["history"][0]["ticket"] = json!("OPS-1");
+            std::fs::write(s.spec_path("active", &wid), v.to_string()).expect("write");
+            s.ok("heartbeat", &[&wid, "--tokens-add", "1"]);
+            assert_eq!(s.spec("active", &wid)["history"][0]["ticket"], "OPS-1");
         }
     }
     // From stdin too; an existing id is a conflict.
