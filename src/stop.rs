@@ -258,8 +258,16 @@ fn stop_process_group(
     info: Option<&ProcessInfo>,
     grace: Duration,
 ) -> Result<ProcessOutcome> {
-    let Some(info) = info else {
-        return Ok(ProcessOutcome::NoProcess);
+    let recovered;
+    let info = match info {
+        Some(info) => info,
+        None => match recover_launch(home, id) {
+            Some(r) => {
+                recovered = r;
+                &recovered
+            }
+            None => return Ok(ProcessOutcome::NoProcess),
+        },
     };
     if !info.is_local() {
         return Ok(ProcessOutcome::Foreign);
@@ -313,6 +321,51 @@ fn stop_process_group(
         }
     }
     Ok(outcome)
+}
+
+/// The process of a worker with none on record that its launcher started but died before
+/// recording (a SIGKILL between the launch and the write): found by its proof (the
+/// liveness lock *and* `CORRAL_WORKER_ID`, which only corral's launch gives a process) and
+/// recorded now, so it can be stopped, restarted from and told about. Without this the
+/// worker ran on with nobody able to stop it, while every stop reported "no process".
+/// The record is written when the worker lock is free at once (the monitor never waits);
+/// the stop goes ahead either way.
+pub(crate) fn recover_launch(home: &Home, id: &str) -> Option<ProcessInfo> {
+    let pid = process::unrecorded_launch(&Proof::new(id, home.alive_lock(id)))?;
+    let mut info = ProcessInfo::capture(pid, Vec::new()).ok()?;
+    let recorded = spec::try_lock(home, id).ok().flatten().and_then(|_g| {
+        let mut loc = spec::load(home, id).ok()?;
+        if loc.spec.process.is_some() || !loc.dir.is_live() {
+            return None;
+        }
+        if let Some(l) = &loc.spec.launch {
+            info.command = l.command.clone();
+            info.cwd = l.cwd.clone();
+        }
+        loc.spec.process = Some(info.clone());
+        loc.spec.normalize(time::now());
+        spec::save(home, loc.dir, &loc.spec).ok()?;
+        Some(loc.spec)
+    });
+    let message = format!(
+        "{id}: pid {pid} holds its liveness lock and carries its id, but its launcher died \
+         before recording it; {}",
+        if recorded.is_some() {
+            "recorded it now"
+        } else {
+            "stopping it without a record"
+        }
+    );
+    tracing::warn!("{message}");
+    let mut ev = Event::new(EventType::WorkerStarting, message)
+        .with("pid", pid)
+        .with("recovered", true);
+    match &recorded {
+        Some(s) => ev = ev.worker(s),
+        None => ev.worker_id = Some(id.to_string()),
+    }
+    crate::events::emit(home, ev);
+    Some(info)
 }
 
 /// True when something of the worker holds its liveness lock. Right after a group kill the

@@ -207,10 +207,14 @@ impl RestartState {
             .original_worker_id
             .clone()
             .unwrap_or_else(|| s.worker_id.clone());
+        // The launch plan when no process made it on record (its launcher died between
+        // the launch and the write): the worker was still launched by corral.
         let command = s
             .process
             .as_ref()
             .map(|p| p.command.clone())
+            .filter(|c| !c.is_empty())
+            .or_else(|| s.launch.as_ref().map(|l| l.command.clone()))
             .unwrap_or_default();
         let decision = if !p.enabled {
             Decision::NotRestartable("restarts are disabled by the policy".into())
@@ -532,6 +536,17 @@ mod tests {
         s.process = None;
         let e = st.on_failure(&s, true, 3, &p, at("00:00")).unwrap();
         assert!(matches!(e.decision, Decision::NotRestartable(_)));
+        // Launched by corral, but its launcher died before recording the process: the
+        // launch plan is what a restart reproduces (the chain used to end here silently).
+        let mut s = failed("a2", 0, None);
+        s.worker_type = "other-type".into();
+        s.process = None;
+        s.launch = Some(crate::spec::LaunchSpec {
+            command: vec!["/bin/false".into()],
+            ..Default::default()
+        });
+        let e = st.on_failure(&s, true, 3, &p, at("00:00")).unwrap();
+        assert!(matches!(e.decision, Decision::Scheduled(_)), "{e:?}");
         let e = st
             .on_failure(&failed("b", 0, None), false, 3, &p, at("00:00"))
             .unwrap();

@@ -125,6 +125,24 @@ pub fn lock_holders(lock: &Path) -> Vec<i32> {
         .collect()
 }
 
+/// The launched process of a worker whose spec has no `process` yet, found by its proof: a
+/// holder of the liveness lock that also carries `CORRAL_WORKER_ID=<id>`. Only corral's
+/// launch path makes such a process (it hands the lock to the child it starts with that
+/// environment), so this is the record a SIGKILL of the launcher, between the launch and
+/// the write of the record, cut short. The group leader is preferred (the launch makes the
+/// child lead its own group); `None` when no holder carries both proofs.
+pub fn unrecorded_launch(proof: &Proof) -> Option<i32> {
+    let holders: Vec<i32> = lock_holders(proof.alive_lock())
+        .into_iter()
+        .filter(|&p| proof.has_env(p))
+        .collect();
+    holders
+        .iter()
+        .copied()
+        .find(|&p| read_stat(p).is_some_and(|st| st.pgid == p))
+        .or_else(|| holders.first().copied())
+}
+
 /// Tries to take the worker's liveness lock without blocking. `Ok(true)` means nobody holds
 /// it: every process that inherited it is gone (DESIGN.md §6 signal 0). The lock is released
 /// again at once. Opened read-write, as an exclusive flock needs on NFS, and never through

@@ -299,6 +299,59 @@ fn a_spec_copied_under_another_name_is_never_acted_on() {
     assert_eq!(s.dirs_of(&a), ["active"]);
 }
 
+/// The state a SIGKILL of `spawn-worker` between the launch and the record leaves: the
+/// worker runs, holding its liveness lock with `CORRAL_WORKER_ID` set, and its spec has no
+/// process. The old stop found "no process", moved the spec to `completed/` and released
+/// its tokens while the process ran on, and the monitor tried to stop the group every pass
+/// and never could. Both now find the process by its two proofs, record it and stop it.
+fn unrecorded_worker(s: &Scene, r: &Reaper) -> (String, i32) {
+    let id = launch(s, r, &[], &["sleep", "120"]);
+    let pid = worker_pid(s, &id);
+    let mut v = s.spec("active", &id);
+    v["process"] = Value::Null;
+    v["pid"] = Value::Null;
+    std::fs::write(s.spec_path("active", &id), v.to_string()).expect("write");
+    (id, pid)
+}
+
+#[test]
+fn a_launch_whose_spawner_died_before_recording_it_can_still_be_stopped() {
+    let s = Scene::new();
+    let r = Reaper::default();
+    let (id, pid) = unrecorded_worker(&s, &r);
+    let out = s.ok("stop-worker", &[&id, "--grace", "2", "--format", "json"]);
+    let report: Value = serde_json::from_str(&out).expect("json");
+    assert_eq!(report[0]["process"], "terminated", "{report:#}");
+    assert!(wait_until(Duration::from_secs(10), || !alive(pid)));
+    assert!(lock_free(&s, &id));
+    let done = s.spec("completed", &id);
+    assert_eq!(
+        done["process"]["pid"], pid,
+        "the process is on record: {done:#}"
+    );
+    assert_eq!(done["process"]["command"][1], "120");
+    assert!(s
+        .events()
+        .iter()
+        .any(|e| e["worker_id"] == id.as_str() && e["data"]["recovered"] == true));
+
+    // The monitor, for a worker that never confirmed itself alive.
+    let (id, pid) = unrecorded_worker(&s, &r);
+    let mut c = s.cmd("heartbeat-monitor");
+    c.env("CORRAL_HEARTBEAT__PENDING_TIMEOUT_SECONDS", "1")
+        .env("CORRAL_HEARTBEAT__GRACE_SECONDS", "1")
+        .env("CORRAL_HEARTBEAT__RESTART__ENABLED", "false")
+        .args(["--once", "-q"]);
+    std::thread::sleep(Duration::from_millis(1200));
+    let out = run_with_timeout(&mut c, Duration::from_secs(60));
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(wait_until(Duration::from_secs(10), || !alive(pid)));
+    assert!(lock_free(&s, &id));
+    let c2 = s.run("heartbeat-monitor", &["--once", "-q"]);
+    assert_eq!(c2.status.code(), Some(0), "{}", stderr(&c2));
+    assert_eq!(s.dirs_of(&id), ["zombie"], "{}", s.tree());
+}
+
 /// Case 4, forged: a spec planted in `zombie/` carrying the pid, start time and boot id of
 /// a live process (one that is no worker at all, and one that is another worker's) must
 /// not get either killed by `cleanup-zombies`.
