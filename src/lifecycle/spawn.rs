@@ -388,14 +388,25 @@ pub fn spawn(home: &Home, req: &SpawnRequest) -> Result<Vec<WorkerSpec>> {
             match launch_worker(home, s, &types, guard, req.parent) {
                 Ok(updated) => *s = updated,
                 Err(e) => {
-                    let _ = fail_worker(
+                    let recorded = fail_worker(
                         home,
                         &s.worker_id,
                         &format!("launch failed: {e}"),
                         None,
                         None,
                     );
-                    failure = Some(e);
+                    // The spec exists now: name it, so a script can clean up what it made.
+                    failure = Some(match recorded {
+                        Ok(_) => Error::with_code(
+                            e.exit_code(),
+                            format!(
+                                "{e}; worker {id} is recorded as failed in zombie/ (its tokens \
+                                 stay reserved until `cleanup-zombies --worker {id}`)",
+                                id = s.worker_id
+                            ),
+                        ),
+                        Err(_) => e,
+                    });
                 }
             }
         }

@@ -334,6 +334,36 @@ fn launched_worker_is_detached_identified_and_holds_its_liveness_lock() {
     );
 }
 
+/// A command that exists but cannot be executed (its `#!` interpreter is missing) is only
+/// found out by the launch, after the spec was written: the error names the worker it left
+/// in `zombie/` and how to release its tokens, so a script can clean up what it made.
+#[test]
+fn a_command_that_fails_at_exec_names_the_worker_it_left_behind() {
+    let s = Scene::new();
+    let script = s.dir.path().join("bad.sh");
+    crate::support::write_script(&script, "#!/nonexistent/interpreter\n");
+    let out = s.code(
+        "spawn-worker",
+        &[
+            "--type",
+            "test-worker",
+            "--id",
+            "wl",
+            "--",
+            script.to_str().unwrap(),
+        ],
+        6,
+    );
+    let err = crate::support::stderr(&out);
+    assert!(
+        err.contains("worker wl") && err.contains("cleanup-zombies --worker wl"),
+        "{err}"
+    );
+    assert_eq!(s.dirs_of("wl"), ["zombie"]);
+    s.ok("cleanup-zombies", &["--worker", "wl"]);
+    assert_eq!(s.budget()["used"], 0);
+}
+
 #[test]
 fn missing_command_is_refused_before_anything_is_written() {
     let s = Scene::new();
