@@ -182,6 +182,7 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
     out.extend(checks::config(home));
     out.extend(checks::monitor(home, launched_active));
     out.extend(checks::exposure(home, fix)?);
+    out.extend(checks::queue_modes(home, fix));
     out.extend(containers::orphans(home));
     if let Err(e) = budget::read(home) {
         out.push(Finding {

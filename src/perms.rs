@@ -12,9 +12,10 @@
 //! [`exposed`] finds what users outside the owner and group can reach, for `corral doctor`.
 
 use crate::error::{Error, IoContext, Result};
-use crate::home::Home;
+use crate::home::{Home, Modes, PRIVATE, SHARED};
 use serde::Serialize;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 /// Directory mode of a private home.
@@ -42,6 +43,147 @@ pub fn mode_for(is_dir: bool, executable: bool, shared: bool) -> u32 {
         (false, false) => PRIVATE_FILE,
         (false, true) => SHARED_FILE,
     }
+}
+
+/// The modes of what corral creates in `home`: decided by the home itself (its
+/// `coordination/` directory), never by the umask of the process that writes. Every write
+/// path of the task queue creates through [`mkdir`], [`mkdir_all`] and [`create`] with these.
+pub fn modes(home: &Home) -> Modes {
+    if group_shared(home) {
+        SHARED
+    } else {
+        PRIVATE
+    }
+}
+
+/// `mkdir` of one directory with the directory mode of `m`. The umask strips group bits from
+/// mkdir's mode, so in a shared home the mode is set explicitly after. Errors are the
+/// kernel's (`AlreadyExists`, `NotFound` for a missing parent) for the caller to judge.
+pub fn mkdir(path: &Path, m: Modes) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .mode(m.dir & 0o777)
+        .create(path)?;
+    if m != PRIVATE {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(m.dir))?;
+    }
+    Ok(())
+}
+
+/// [`mkdir`] of `path` and of any missing parent; an existing directory is fine.
+pub fn mkdir_all(path: &Path, m: Modes) -> Result<()> {
+    match mkdir(path, m) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+                Some(parent) => mkdir_all(parent, m)?,
+                None => return Err(Error::io(format!("cannot create {}", path.display()), e)),
+            }
+            match mkdir(path, m) {
+                Ok(()) => Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && path.is_dir() => Ok(()),
+                Err(e) => Err(Error::io(format!("cannot create {}", path.display()), e)),
+            }
+        }
+        Err(e) => Err(Error::io(format!("cannot create {}", path.display()), e)),
+    }
+}
+
+/// Opens `path` with `opts` (which create it, or may), with the file mode of `m`. In a
+/// shared home the umask's cut of the group bits is undone on the open file (only the
+/// owner can: for anyone else a file already there keeps its mode).
+pub fn create(opts: &mut OpenOptions, path: &Path, m: Modes) -> std::io::Result<File> {
+    let f = opts.mode(m.file).open(path)?;
+    if m != PRIVATE {
+        let meta = f.metadata()?;
+        if meta.mode() & 0o7777 != m.file && meta.uid() == rustix::process::geteuid().as_raw() {
+            f.set_permissions(std::fs::Permissions::from_mode(m.file))?;
+        }
+    }
+    Ok(f)
+}
+
+/// Creates (or truncates) `path` holding `bytes`, with the file mode of `m`: the queue's
+/// marker files.
+pub fn write_file(path: &Path, bytes: &[u8], m: Modes) -> Result<()> {
+    use std::io::Write;
+    let mut f = create(
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_NOFOLLOW),
+        path,
+        m,
+    )
+    .ctx("write", path)?;
+    f.write_all(bytes).ctx("write", path)
+}
+
+/// A file or directory whose mode (or, in a shared home, group) is not the home's.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Mismatch {
+    pub path: PathBuf,
+    pub is_dir: bool,
+    pub mode: u32,
+    /// The mode the home gives it.
+    pub want: u32,
+    /// Its group when a shared home's group is wanted and it has another.
+    pub gid: Option<u32>,
+}
+
+/// Everything under `root` (itself included; symlinks skipped, other checks refuse them)
+/// whose mode is wider or narrower than the home's, or that is not in the home's group in a
+/// shared home. O(entries): for an operator's command.
+pub fn mismatched(home: &Home, root: &Path) -> Vec<Mismatch> {
+    let m = modes(home);
+    let group = if m == SHARED {
+        std::fs::metadata(home.coordination()).ok().map(|c| c.gid())
+    } else {
+        None
+    };
+    let mut out = Vec::new();
+    for e in walkdir::WalkDir::new(root)
+        .follow_links(false)
+        .into_iter()
+        .flatten()
+    {
+        if e.file_type().is_symlink() {
+            continue;
+        }
+        let Ok(meta) = e.metadata() else {
+            continue;
+        };
+        let want = if meta.is_dir() { m.dir } else { m.file };
+        let mode = meta.mode() & 0o7777;
+        let gid = group.filter(|g| *g != meta.gid()).map(|_| meta.gid());
+        if mode != want || gid.is_some() {
+            out.push(Mismatch {
+                path: e.path().to_path_buf(),
+                is_dir: meta.is_dir(),
+                mode,
+                want,
+                gid,
+            });
+        }
+    }
+    out
+}
+
+/// Gives a [`Mismatch`] the home's mode (and group), never following a symlink.
+pub fn repair(home: &Home, x: &Mismatch) -> Result<()> {
+    let meta = std::fs::symlink_metadata(&x.path).ctx("stat", &x.path)?;
+    if meta.file_type().is_symlink() {
+        return Ok(());
+    }
+    if x.gid.is_some() {
+        let g = std::fs::metadata(home.coordination())
+            .ctx("stat", &home.coordination())?
+            .gid();
+        std::os::unix::fs::lchown(&x.path, None, Some(g)).ctx("change the group of", &x.path)?;
+    }
+    std::fs::set_permissions(&x.path, std::fs::Permissions::from_mode(x.want)).ctx("chmod", &x.path)
 }
 
 /// Resolves a group name (or a numeric gid) to a gid; exit 6 when there is no such group.

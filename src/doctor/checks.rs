@@ -144,3 +144,83 @@ pub fn pending_tasks(home: &Home, fix: bool) -> Result<Vec<Finding>> {
         })
         .collect())
 }
+
+/// Most queue files and directories reported one by one; the rest are summed up in one
+/// finding (a home converted by hand can have a million of them).
+const MODE_FINDINGS_MAX: usize = 20;
+
+/// Queue files and directories whose mode is wider or narrower than the home's (DESIGN
+/// §10: `0700`/`0600` private, `2770`/`0660` group-shared), or in another group than a
+/// shared home's: too wide exposes tasks, too narrow locks the home's other users out of
+/// enqueueing and claiming. `--fix` sets the home's mode (what the owner of each can).
+pub fn queue_modes(home: &Home, fix: bool) -> Vec<Finding> {
+    let root = home.coordination().join("tasks");
+    let found = crate::perms::mismatched(home, &root);
+    let shared = crate::perms::modes(home) == crate::home::SHARED;
+    let home_kind = if shared { "group-shared" } else { "private" };
+    let mut out = Vec::new();
+    let mut fixed = 0usize;
+    let mut unfixed = 0usize;
+    let total = found.len();
+    for (i, x) in found.iter().enumerate() {
+        let repaired = if fix {
+            match crate::perms::repair(home, x) {
+                Ok(()) => {
+                    fixed += 1;
+                    Some(format!("set to {:04o}", x.want))
+                }
+                Err(e) => {
+                    unfixed += 1;
+                    if i < MODE_FINDINGS_MAX {
+                        tracing::warn!("cannot repair {}: {e}", x.path.display());
+                    }
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        if i >= MODE_FINDINGS_MAX {
+            continue;
+        }
+        let what = if x.is_dir { "directory" } else { "file" };
+        let mut detail = format!(
+            "{what} mode {:04o}, the {home_kind} home's is {:04o}",
+            x.mode, x.want
+        );
+        if let Some(g) = x.gid {
+            detail.push_str(&format!(" (group {g} is not the home's)"));
+        }
+        let mut why = Vec::new();
+        if x.mode & !x.want != 0 {
+            why.push("wider than the home's: tasks may hold secrets");
+        }
+        if x.want & !x.mode != 0 || x.gid.is_some() {
+            why.push(
+                "narrower than the home's: its users cannot enqueue, claim or move tasks here",
+            );
+        }
+        if !why.is_empty() {
+            detail.push_str(": ");
+            detail.push_str(&why.join("; "));
+        }
+        out.push(Finding {
+            kind: "queue_mode",
+            path: x.path.display().to_string(),
+            detail,
+            fixed: repaired,
+        });
+    }
+    if total > MODE_FINDINGS_MAX {
+        let rest = total - MODE_FINDINGS_MAX;
+        out.push(Finding {
+            kind: "queue_mode",
+            path: root.display().to_string(),
+            detail: format!(
+                "{rest} more queue files and directories have modes other than the home's"
+            ),
+            fixed: (fix && unfixed == 0).then(|| format!("{fixed} set to the home's modes in all")),
+        });
+    }
+    out
+}

@@ -606,7 +606,7 @@ impl Claimer {
 /// Makes `tasks/.claiming/` (its parent must exist: no home is made here).
 fn make_claiming_dir(home: &Home) -> Result<()> {
     let d = layout::claiming_dir(home);
-    match std::fs::create_dir(&d) {
+    match crate::perms::mkdir(&d, crate::perms::modes(home)) {
         Ok(()) => Ok(()),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(()),
         Err(e) => Err(Error::io(format!("cannot create {}", d.display()), e)),

@@ -164,21 +164,24 @@ fn path(home: &Home, class: &str) -> std::path::PathBuf {
 
 fn open(home: &Home, class: &str) -> Result<File> {
     let p = path(home, class);
+    let modes = crate::perms::modes(home);
     let o = || {
         use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&p)
+        crate::perms::create(
+            std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .custom_flags(libc::O_NOFOLLOW),
+            &p,
+            modes,
+        )
     };
     match o() {
         Ok(f) => Ok(f),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            let d = counts_dir(home);
-            std::fs::create_dir_all(&d).ctx("create", &d)?;
+            crate::perms::mkdir_all(&counts_dir(home), modes)?;
             o().ctx("open", &p)
         }
         Err(e) => Err(Error::io(format!("cannot open {}", p.display()), e)),
@@ -211,11 +214,16 @@ const RECOUNT_OWED: &str = ".recount-owed";
 /// mid-move): the next maintenance pass recounts every class's pending names. One `open`,
 /// no sync: a lost marker only delays the repair to the periodic recount.
 pub fn owe_recount(home: &Home) {
-    let _ = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(counts_dir(home).join(RECOUNT_OWED));
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = crate::perms::create(
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .custom_flags(libc::O_NOFOLLOW),
+        &counts_dir(home).join(RECOUNT_OWED),
+        crate::perms::modes(home),
+    );
 }
 
 /// Takes the marker left by [`owe_recount`]: true when a recount is owed. Removed before the
@@ -256,10 +264,7 @@ pub fn ensure_initialised(home: &Home) -> Result<()> {
         .iter()
         .any(|st| has_entries(&home.tasks_dir(*st)));
     if empty {
-        let d = counts_dir(home);
-        std::fs::create_dir_all(&d).ctx("create", &d)?;
-        let m = d.join(INITIALISED);
-        std::fs::write(&m, b"").ctx("write", &m)?;
+        mark_initialised(home)?;
         return Ok(());
     }
     recount(home).map(|_| ())
@@ -447,10 +452,16 @@ pub fn recount(home: &Home) -> Result<(BTreeMap<String, Counts>, Vec<Drift>)> {
     }
     let marker = counts_dir(home).join(INITIALISED);
     if !marker.exists() {
-        std::fs::create_dir_all(counts_dir(home)).ctx("create", &counts_dir(home))?;
-        std::fs::write(&marker, b"").ctx("write", &marker)?;
+        mark_initialised(home)?;
     }
     Ok((exact, drift))
+}
+
+/// Writes the [`INITIALISED`] marker (and `.counts/`), with the home's modes.
+fn mark_initialised(home: &Home) -> Result<()> {
+    let modes = crate::perms::modes(home);
+    crate::perms::mkdir_all(&counts_dir(home), modes)?;
+    crate::perms::write_file(&counts_dir(home).join(INITIALISED), b"", modes)
 }
 
 /// Up to how many files in the counted one-file-per-task states (deferred, completed,

@@ -298,6 +298,8 @@ pub struct BulkOptions {
 pub struct BulkSummary {
     pub enqueued: u64,
     pub batches: u64,
+    /// Enqueued tasks whose ids `out` could not take (its reader was gone).
+    pub unreported: u64,
 }
 
 const OBJECT_KEYS: [&str; 8] = [
@@ -453,6 +455,9 @@ struct Loader<'a, O> {
     from_helper: std::sync::mpsc::Receiver<Placed>,
     in_flight: bool,
     sum: BulkSummary,
+    /// Tasks placed after `out` found its reader gone (stdout closed, `| head -1`): the
+    /// load goes on, since only a bad line stops it, and says so at the end.
+    unreported: u64,
 }
 
 impl<O: FnMut(&Task) -> Result<()>> Loader<'_, O> {
@@ -529,11 +534,29 @@ impl<O: FnMut(&Task) -> Result<()>> Loader<'_, O> {
             self.sum.enqueued += done.len() as u64;
         }
         for s in done {
-            (self.out)(&s.task)?;
+            self.tell(&s.task)?;
         }
         match p.err {
             Some(e) => Err(e),
             None => Ok(()),
+        }
+    }
+}
+
+impl<O: FnMut(&Task) -> Result<()>> Loader<'_, O> {
+    /// Passes a placed task to `out`. Once `out`'s reader is gone (a closed pipe) the rest
+    /// are only counted: the load is not cut short by what reads its ids.
+    fn tell(&mut self, t: &Task) -> Result<()> {
+        if self.unreported > 0 {
+            self.unreported += 1;
+            return Ok(());
+        }
+        match (self.out)(t) {
+            Err(Error::Io { source, .. }) if source.kind() == std::io::ErrorKind::BrokenPipe => {
+                self.unreported = 1;
+                Ok(())
+            }
+            other => other,
         }
     }
 }
@@ -585,10 +608,20 @@ pub fn enqueue_bulk(
             from_helper,
             in_flight: false,
             sum: BulkSummary::default(),
+            unreported: 0,
         };
         // What was staged before a bad line is put in place and reported first.
         let bad_line = load_lines(&mut load, input, opts)?;
         load.finish()?;
+        if load.unreported > 0 {
+            // Never silent: the ids of these tasks were not printed, but they are queued.
+            tracing::warn!(
+                "output closed: the last {} of {} enqueued task ids were not printed (the tasks are enqueued)",
+                load.unreported,
+                load.sum.enqueued
+            );
+        }
+        load.sum.unreported = load.unreported;
         match bad_line {
             Some(e) => Err(e),
             None => Ok(std::mem::take(&mut load.sum)),
@@ -606,15 +639,14 @@ fn load_lines<O: FnMut(&Task) -> Result<()>>(
     let home = load.home;
     let mut last_ns = 0u64;
     let mut lineno = 0u64;
-    for line in input.lines() {
+    let mut input = input;
+    let mut buf = Vec::new();
+    loop {
         lineno += 1;
-        let line = match line {
-            Ok(l) => l,
-            Err(e) => {
-                return Ok(Some(Error::Invalid(format!(
-                    "line {lineno}: cannot read: {e}"
-                ))))
-            }
+        let line = match read_line(&mut input, &mut buf, MAX_TASK_BYTES) {
+            Ok(Some(l)) => l,
+            Ok(None) => break,
+            Err(e) => return Ok(Some(Error::Invalid(format!("line {lineno}: {e}")))),
         };
         if line.trim().is_empty() {
             continue;
@@ -625,7 +657,7 @@ fn load_lines<O: FnMut(&Task) -> Result<()>>(
             Error::NotFound(m) => Error::NotFound(format!("line {lineno}: {m}")),
             other => other,
         };
-        let req = match parse_line(&line, opts) {
+        let req = match parse_line(line, opts) {
             Ok(r) => r,
             Err(e) => return Ok(Some(at(e))),
         };
@@ -635,7 +667,7 @@ fn load_lines<O: FnMut(&Task) -> Result<()>>(
             match enqueue_with(home, &req, true) {
                 Ok(t) => {
                     load.sum.enqueued += 1;
-                    (load.out)(&t)?;
+                    load.tell(&t)?;
                 }
                 Err(e) => return Ok(Some(at(e))),
             }
@@ -651,6 +683,42 @@ fn load_lines<O: FnMut(&Task) -> Result<()>>(
         }
     }
     Ok(None)
+}
+
+/// Reads one line (without its `\n`) into `buf`, never holding more than `limit` bytes of
+/// it: a longer line could not make a task anyway ([`MAX_TASK_BYTES`]), and reading it
+/// whole would let one line exhaust memory (DESIGN S5). `Ok(None)` at the end of the input;
+/// `Err` says why the line is refused.
+fn read_line<'b>(
+    input: &mut impl BufRead,
+    buf: &'b mut Vec<u8>,
+    limit: usize,
+) -> std::result::Result<Option<&'b str>, String> {
+    use std::io::Read;
+    buf.clear();
+    // One byte past the limit tells a line of exactly `limit` bytes from a longer one.
+    let n = input
+        .by_ref()
+        .take(limit as u64 + 2)
+        .read_until(b'\n', buf)
+        .map_err(|e| format!("cannot read: {e}"))?;
+    if n == 0 {
+        return Ok(None);
+    }
+    if buf.last() == Some(&b'\n') {
+        buf.pop();
+        if buf.last() == Some(&b'\r') {
+            buf.pop();
+        }
+    }
+    if buf.len() > limit {
+        return Err(format!(
+            "too long: more than {limit} bytes (the task size limit); the rest of the input was not read"
+        ));
+    }
+    std::str::from_utf8(buf)
+        .map(Some)
+        .map_err(|_| "cannot read: stream did not contain valid UTF-8".to_string())
 }
 
 fn stage_one(home: &Home, req: &EnqueueRequest, now: Timestamp, ns: u64) -> Result<Staged> {
@@ -764,6 +832,25 @@ mod tests {
             layout::list_names(&h.tmp_dir()).unwrap(),
             Vec::<String>::new()
         );
+    }
+
+    #[test]
+    fn a_line_is_read_up_to_the_limit_and_no_further() {
+        let mut buf = Vec::new();
+        let mut input = "abcd\r\nabcde\nzz".as_bytes();
+        assert_eq!(read_line(&mut input, &mut buf, 4).unwrap(), Some("abcd"));
+        let e = read_line(&mut input, &mut buf, 4).unwrap_err();
+        assert!(e.starts_with("too long: more than 4 bytes"), "{e}");
+        assert!(
+            buf.len() <= 6,
+            "read no further than the limit: {}",
+            buf.len()
+        );
+        let mut input = "abcd".as_bytes();
+        assert_eq!(read_line(&mut input, &mut buf, 4).unwrap(), Some("abcd"));
+        assert_eq!(read_line(&mut input, &mut buf, 4).unwrap(), None);
+        let mut input = &b"\xff\n"[..];
+        assert!(read_line(&mut input, &mut buf, 4).is_err());
     }
 
     #[test]

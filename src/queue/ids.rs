@@ -39,19 +39,23 @@ fn rel(home: &Home, path: &Path) -> String {
 pub fn reserve(home: &Home, id: &str, pending: Option<&Path>, sync: bool) -> Result<bool> {
     let dir = ids_dir(home);
     let p = entry(home, id);
+    let modes = crate::perms::modes(home);
     let open = || {
         use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .custom_flags(libc::O_NOFOLLOW)
-            .open(&p)
+        crate::perms::create(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW),
+            &p,
+            modes,
+        )
     };
     let mut f = match open() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+            crate::perms::mkdir_all(&dir, modes)?;
             match open() {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => return Ok(false),
@@ -111,9 +115,9 @@ pub fn initialised(home: &Home) -> bool {
 /// Marks the index complete.
 pub fn mark_initialised(home: &Home) -> Result<()> {
     let d = ids_dir(home);
-    std::fs::create_dir_all(&d).ctx("create", &d)?;
-    let m = d.join(INDEXED);
-    std::fs::write(&m, b"").ctx("write", &m)
+    let modes = crate::perms::modes(home);
+    crate::perms::mkdir_all(&d, modes)?;
+    crate::perms::write_file(&d.join(INDEXED), b"", modes)
 }
 
 /// True when an entry exists for `id`.

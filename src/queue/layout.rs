@@ -22,8 +22,8 @@
 //! to such a removal creates it again.
 
 use super::task::{ns_time, Task};
-use crate::error::{Error, IoContext, Result};
-use crate::home::{Home, TaskState};
+use crate::error::{Error, Result};
+use crate::home::{Home, Modes, TaskState};
 use crate::spec::Priority;
 use crate::store::{self, ReadError};
 use std::path::{Path, PathBuf};
@@ -241,10 +241,17 @@ pub fn check_real_dir(path: &Path) -> Result<bool> {
     }
 }
 
-/// Creates `dir` and any missing parents below `base`, each checked to be a real directory
-/// and, with `sync`, each new one made durable by an fsync of its parent (a bulk load syncs
-/// the whole filesystem once per batch instead). Returns whether it made any.
+/// Creates `dir` and any missing parents below `base` with the modes of the directory
+/// `base` is in (see [`make_dirs_with`]; the queue's own paths pass the home's modes).
 pub fn make_dirs(base: &Path, dir: &Path, sync: bool) -> Result<bool> {
+    make_dirs_with(base, dir, sync, crate::home::modes_in(base))
+}
+
+/// Creates `dir` and any missing parents below `base` with the directory mode of `modes`
+/// (not the umask's), each checked to be a real directory and, with `sync`, each new one
+/// made durable by an fsync of its parent (a bulk load syncs the whole filesystem once per
+/// batch instead). Returns whether it made any.
+pub fn make_dirs_with(base: &Path, dir: &Path, sync: bool, modes: Modes) -> Result<bool> {
     let rel = dir.strip_prefix(base).map_err(|_| {
         Error::Internal(format!("{} is not under {}", dir.display(), base.display()))
     })?;
@@ -256,7 +263,7 @@ pub fn make_dirs(base: &Path, dir: &Path, sync: bool) -> Result<bool> {
         for part in rel.components() {
             let parent = cur.clone();
             cur.push(part);
-            match std::fs::create_dir(&cur) {
+            match crate::perms::mkdir(&cur, modes) {
                 Ok(()) => {
                     made = true;
                     if sync {
@@ -373,7 +380,7 @@ pub fn default_poll_interval(home: &Home) -> Option<f64> {
 pub fn ensure_state_dir(home: &Home, state: TaskState) -> Result<PathBuf> {
     let d = home.tasks_dir(state);
     if !check_real_dir(&d)? {
-        std::fs::create_dir_all(&d).ctx("create", &d)?;
+        crate::perms::mkdir_all(&d, crate::perms::modes(home))?;
     }
     Ok(d)
 }

@@ -229,18 +229,23 @@ pub fn stage(home: &Home, bytes: &[u8], d: Durability) -> Result<PathBuf> {
         SEQ.fetch_add(1, Ordering::Relaxed),
         crate::id::random_u64() as u32
     ));
+    // The home's mode, not the umask's: the staged file becomes the task file.
+    let modes = crate::perms::modes(home);
     let create = || {
         use std::os::unix::fs::OpenOptionsExt;
-        std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o644)
-            .open(&tmp)
+        crate::perms::create(
+            std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .custom_flags(libc::O_NOFOLLOW),
+            &tmp,
+            modes,
+        )
     };
     let mut f = match create() {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+            crate::perms::mkdir_all(&dir, modes)?;
             create().ctx("create", &tmp)?
         }
         Err(e) => return Err(Error::io(format!("cannot create {}", tmp.display()), e)),
@@ -324,7 +329,7 @@ fn place_pending(home: &Home, from: &Path, dest: &Path, sync_new_dirs: bool) -> 
                 if let Some(class) = dir.strip_prefix(&root).ok().and_then(|r| r.iter().next()) {
                     layout::check_real_dir(&root.join(class))?;
                 }
-                layout::make_dirs(&root, dir, sync_new_dirs)?;
+                layout::make_dirs_with(&root, dir, sync_new_dirs, crate::perms::modes(home))?;
             }
             Err(e) => {
                 return Err(Error::io(

@@ -699,3 +699,243 @@ fn maintain_in_the_home_reports_stuck_and_starved_once() {
     assert_eq!(stuck[0]["worker_id"], w.as_str());
     assert!(stuck[0]["data"]["elapsed_seconds"].as_f64().unwrap() >= 399.0);
 }
+
+/// A `task-queue` command of the scene run with umask 022 (a common login default), which
+/// must not decide the modes of what the queue writes.
+fn umask_022(s: &Scene, args: &[&str]) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = s.cmd("task-queue");
+    c.args(args);
+    // SAFETY: umask is async-signal-safe and touches only the child.
+    unsafe {
+        c.pre_exec(|| {
+            libc::umask(0o022);
+            Ok(())
+        });
+    }
+    c
+}
+
+fn ok_022(s: &Scene, args: &[&str]) -> String {
+    let out = crate::support::run_with_timeout(&mut umask_022(s, args), Duration::from_secs(120));
+    s.expect_code("task-queue", args, &out, 0);
+    stdout(&out)
+}
+
+/// Every queue write path (bucket directories, staged and task files, counts, the id index,
+/// `.claiming/`, the moves to processing, completed, failed, cancelled and back to pending)
+/// creates with the home's modes whatever the umask: 0700/0600 in a private home,
+/// 2770/0660 (and the home's group) in a `--group` home; and `corral doctor` reports a queue
+/// file whose mode is not the home's.
+#[test]
+fn queue_files_take_the_homes_modes_whatever_the_umask() {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let gid = unsafe { libc::getgid() };
+    for shared in [false, true] {
+        let mut s = Scene::new();
+        if shared {
+            s.home = s.dir.path().join("group-home");
+            s.ok("corral", &["init", "--group", &gid.to_string()]);
+        }
+        let (dir_mode, file_mode) = if shared {
+            (0o2770, 0o660)
+        } else {
+            (0o700, 0o600)
+        };
+        ok_022(
+            &s,
+            &["enqueue", "--class", "g", "--id", "G1", "--payload", "1"],
+        );
+        ok_022(
+            &s,
+            &["enqueue", "--class", "g", "--id", "G2", "--payload", "2"],
+        );
+        ok_022(&s, &["enqueue", "--class", "h", "--max-attempts", "1"]);
+        let lines = "1\n2\n{\"payload\": 3, \"id\": \"B3\"}\n";
+        let jsonl = s.dir.path().join("in.jsonl");
+        std::fs::write(&jsonl, lines).unwrap();
+        let jsonl = jsonl.to_str().unwrap();
+        assert_eq!(
+            ok_022(&s, &["enqueue", "--class", "b", "--jsonl", jsonl])
+                .lines()
+                .count(),
+            3
+        );
+        let w = ["--worker", "w1", "--lease", "600"];
+        let claim = |class: &str| -> String {
+            let mut a = vec!["claim", "--class", class];
+            a.extend_from_slice(&w);
+            let v: Value = serde_json::from_str(&ok_022(&s, &a)).unwrap();
+            v["task_id"].as_str().unwrap().to_string()
+        };
+        let t = claim("g");
+        ok_022(&s, &["complete", &t, "--worker", "w1"]);
+        let t = claim("g");
+        ok_022(&s, &["fail", &t, "--worker", "w1", "--error", "again"]);
+        let t = claim("h");
+        ok_022(&s, &["fail", &t, "--worker", "w1", "--error", "dead"]);
+        ok_022(&s, &["cancel", "B3"]);
+        let t = claim("b");
+        ok_022(&s, &["requeue", &t]);
+        let root = tasks(&s);
+        for st in ["pending", "completed", "failed", "cancelled"] {
+            assert!(
+                !json_files_under(&root.join(st)).is_empty(),
+                "a task in {st}/\n{}",
+                s.tree()
+            );
+        }
+        for d in [".counts", ".ids", ".claiming"] {
+            assert!(root.join(d).is_dir(), "{d} exists");
+        }
+        let want_gid = std::fs::metadata(s.coord()).unwrap().gid();
+        let mut wrong = Vec::new();
+        for e in walkdir::WalkDir::new(&root).min_depth(1) {
+            let e = e.unwrap();
+            let m = e.metadata().unwrap();
+            let want = if m.is_dir() { dir_mode } else { file_mode };
+            if m.mode() & 0o7777 != want || m.gid() != want_gid {
+                wrong.push(format!(
+                    "{:04o} gid {} {}",
+                    m.mode() & 0o7777,
+                    m.gid(),
+                    e.path().strip_prefix(&root).unwrap().display()
+                ));
+            }
+        }
+        assert!(
+            wrong.is_empty(),
+            "shared={shared}: want {dir_mode:04o}/{file_mode:04o} gid {want_gid}, found:\n{}",
+            wrong.join("\n")
+        );
+        s.ok("corral", &["doctor"]);
+        // A file whose mode is not the home's is a doctor finding, which --fix repairs.
+        let count = root.join(".counts").join("g");
+        std::fs::set_permissions(&count, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let out = s.code("corral", &["doctor"], 10);
+        let text = stdout(&out);
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("queue_mode:") && l.contains(".counts/g")),
+            "{text}"
+        );
+        s.ok("corral", &["doctor", "--fix"]);
+        assert_eq!(
+            std::fs::metadata(&count).unwrap().mode() & 0o7777,
+            file_mode
+        );
+        s.ok("corral", &["doctor"]);
+    }
+}
+
+/// `seq 5000 | task-queue enqueue --jsonl - | head -1`: a closed stdout does not cut the
+/// load short (only a bad line stops one), and the ids it could not print are not silent.
+#[test]
+fn a_bulk_load_whose_output_closes_loads_everything_and_says_so() {
+    use std::io::BufRead;
+    let s = Scene::new();
+    let n = 5000;
+    let input = s.dir.path().join("lines");
+    std::fs::write(
+        &input,
+        (1..=n).map(|i| format!("{i}\n")).collect::<String>(),
+    )
+    .unwrap();
+    let mut c = s.cmd("task-queue");
+    c.args(["enqueue", "--class", "b", "--jsonl", "-"])
+        .stdin(std::fs::File::open(&input).unwrap())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(first.starts_with("task-"), "{first}");
+    // The reader is dropped here, as `head -1` exits.
+    let out = child.wait_with_output().unwrap();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    let stats: Value =
+        serde_json::from_str(&s.ok("task-queue", &["stats", "--format", "json"])).unwrap();
+    assert_eq!(
+        stats["counts"]["pending"]["b"], n,
+        "every line is enqueued: {err}"
+    );
+    let said: Vec<&str> = err.lines().collect();
+    assert_eq!(said.len(), 1, "one line on stderr: {err}");
+    assert!(
+        said[0].contains("not printed") && said[0].contains(&format!("of {n}")),
+        "{err}"
+    );
+}
+
+/// A `--jsonl` line longer than the task size limit is not read into memory whole: under a
+/// 400 MB address-space limit a 512 MB line ends the load with exit 6 naming the line (one
+/// line on stderr), and the lines before it are enqueued.
+#[test]
+fn a_bulk_line_over_the_size_limit_is_refused_without_reading_it_whole() {
+    use std::io::Write;
+    use std::os::unix::process::CommandExt;
+    let s = Scene::new();
+    let mut c = s.cmd("task-queue");
+    c.args(["enqueue", "--class", "b", "--jsonl", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    // SAFETY: setrlimit is async-signal-safe and touches only the child.
+    unsafe {
+        c.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 400 << 20,
+                rlim_max: 400 << 20,
+            };
+            libc::setrlimit(libc::RLIMIT_AS, &lim);
+            Ok(())
+        });
+    }
+    let mut child = c.spawn().unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    let feeder = std::thread::spawn(move || {
+        // The child stops reading at the limit: a write that finds it gone ends the feed.
+        stdin.write_all(b"1\n2\n3\n\"")?;
+        let chunk = vec![b'a'; 1 << 20];
+        for _ in 0..512 {
+            stdin.write_all(&chunk)?;
+        }
+        stdin.write_all(b"\"\n5\n")
+    });
+    let out = run_child_with_timeout(child, Duration::from_secs(120));
+    let _ = feeder.join();
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(6), "{err}");
+    let said: Vec<&str> = err.lines().collect();
+    assert_eq!(said.len(), 1, "one line: {err}");
+    assert!(said[0].starts_with("error: line 4: "), "{err}");
+    assert_eq!(
+        stdout(&out).lines().count(),
+        3,
+        "the first three are printed"
+    );
+    let stats: Value =
+        serde_json::from_str(&s.ok("task-queue", &["stats", "--format", "json"])).unwrap();
+    assert_eq!(stats["counts"]["pending"]["b"], 3, "{stats}");
+}
+
+/// Waits for a spawned child's output (its stdin already taken), killing it after
+/// `timeout`.
+fn run_child_with_timeout(child: Child, timeout: Duration) -> std::process::Output {
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(timeout) {
+        Ok(out) => out.expect("wait"),
+        Err(_) => {
+            // SAFETY: a plain kill(2) of the child this test started.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            panic!("task-queue timed out after {timeout:?}");
+        }
+    }
+}
