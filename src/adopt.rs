@@ -20,7 +20,7 @@ use crate::budget;
 use crate::error::{Error, Result};
 use crate::events::{self, Event, EventType};
 use crate::home::{Home, StateDir};
-use crate::policy::WorkerTypes;
+use crate::policy::{WorkerType, WorkerTypes};
 use crate::spec::{self, Priority, Transition, WorkerSpec};
 use crate::store;
 use crate::time::{self, Timestamp};
@@ -44,6 +44,36 @@ pub struct Adopted {
     /// records a process.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub dropped: Vec<String>,
+}
+
+/// Fills what a hand-made spec left out from its worker type, as a spawn of that type
+/// would have set it: the allocation, the priority, the timeout. `given` is the spec as
+/// written (to tell a field left out from one set to its default). Returns the fields filled.
+pub(crate) fn fill_from_type(
+    s: &mut WorkerSpec,
+    given: &serde_json::Map<String, Value>,
+    t: &WorkerType,
+) -> Vec<String> {
+    let mut filled = Vec::new();
+    let allocated_given = given
+        .get("token_budget")
+        .and_then(|b| b.get("allocated"))
+        .is_some_and(|a| !a.is_null());
+    if !allocated_given {
+        if let Some(tokens) = t.tokens {
+            s.token_budget.allocated = tokens;
+            filled.push("token_budget.allocated".to_string());
+        }
+    }
+    if !given.contains_key("priority") {
+        s.priority = t.priority.unwrap_or(Priority::Medium);
+        filled.push("priority".into());
+    }
+    if s.resources.timeout_minutes.is_none() && t.timeout_minutes.is_some() {
+        s.resources.timeout_minutes = t.timeout_minutes;
+        filled.push("resources.timeout_minutes".into());
+    }
+    filled
 }
 
 /// Adopts `active/<id>.json` in place (see the module docs). Exit 3 when there is no such
@@ -97,25 +127,7 @@ pub fn adopt(home: &Home, id: &str, now: Timestamp) -> Result<Adopted> {
             dropped.push("pid".to_string());
         }
     }
-    let mut filled = Vec::new();
-    let allocated_given = obj
-        .get("token_budget")
-        .and_then(|b| b.get("allocated"))
-        .is_some_and(|a| !a.is_null());
-    if !allocated_given {
-        if let Some(tokens) = t.tokens {
-            s.token_budget.allocated = tokens;
-            filled.push("token_budget.allocated".to_string());
-        }
-    }
-    if !obj.contains_key("priority") {
-        s.priority = t.priority.unwrap_or(Priority::Medium);
-        filled.push("priority".into());
-    }
-    if s.resources.timeout_minutes.is_none() && t.timeout_minutes.is_some() {
-        s.resources.timeout_minutes = t.timeout_minutes;
-        filled.push("resources.timeout_minutes".into());
-    }
+    let filled = fill_from_type(&mut s, obj, t);
     s.normalize(now);
     s.history.push(Transition::new(
         now,

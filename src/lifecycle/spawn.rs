@@ -683,7 +683,18 @@ pub struct FromSpec {
 /// a process, since signals go to it (S2; a copied spec must never aim them at another
 /// worker's process).
 pub fn write_from_spec(home: &Home, value: Value) -> Result<FromSpec> {
+    let given = value.as_object().cloned().unwrap_or_default();
     let mut s = WorkerSpec::from_value(value)?;
+    // A spec that will sit in active/ gets what `corral adopt` gives the same spec: its
+    // type must be configured, and what it leaves out comes from the type (it reserved 0
+    // tokens for an unknown type or a missing allocation). A finished spec is a record.
+    let filled = if s.status.home_dir() == StateDir::Active {
+        let types = WorkerTypes::load(home)?;
+        let t = types.get(&s.worker_type)?;
+        crate::adopt::fill_from_type(&mut s, &given, t)
+    } else {
+        Vec::new()
+    };
     let mut dropped = Vec::new();
     if s.process.take().is_some() {
         dropped.push("process");
@@ -712,15 +723,25 @@ pub fn write_from_spec(home: &Home, value: Value) -> Result<FromSpec> {
     }
     {
         let mut b = budget::lock(home)?;
-        if dir.is_live() {
-            b.budget.reserve(s.token_budget.allocated)?;
-            b.save()?;
-        }
+        // A live spec reserves its allocation; a finished one adds what it used to
+        // `consumed`, as its end would have (DESIGN §5, and what a recount finds).
+        let (reserve, spent) = if dir.is_live() {
+            (s.token_budget.allocated, 0)
+        } else {
+            let in_period = match (b.budget.period_start, s.finished_at()) {
+                (Some(p), Some(f)) => f >= p,
+                _ => true,
+            };
+            (0, if in_period { s.token_budget.used } else { 0 })
+        };
+        b.budget.reserve(reserve)?;
+        b.budget.release(0, spent);
+        b.save()?;
         if let Err(e) = spec::save(home, dir, &s) {
-            if dir.is_live() {
-                b.budget.release(s.token_budget.allocated, 0);
-                b.save()?;
-            }
+            b.budget.release(reserve, 0);
+            b.budget.consumed = b.budget.consumed.saturating_sub(spent);
+            b.budget.settle();
+            b.save()?;
             return Err(e);
         }
     }
@@ -733,7 +754,8 @@ pub fn write_from_spec(home: &Home, value: Value) -> Result<FromSpec> {
         .worker(&s)
         .with("tokens_allocated", s.token_budget.allocated)
         .with("from_spec", true)
-        .with("dropped", dropped.clone()),
+        .with("dropped", dropped.clone())
+        .with("filled", filled),
     );
     Ok(FromSpec { spec: s, dropped })
 }

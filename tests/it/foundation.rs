@@ -559,6 +559,47 @@ fn a_recount_of_huge_token_counts_saturates_instead_of_wrapping() {
     assert_eq!(r["drift"], false, "{r:#}");
 }
 
+/// `--from-spec` gives a spec what `corral adopt` gives the same spec: an unknown type is
+/// refused (exit 6) and a live spec without an allocation reserves its type's tokens (it
+/// reserved 0 before, a way round the budget); a finished spec adds what it used to
+/// `consumed`, so the books agree with a recount at once (they drifted by its `used`).
+#[test]
+fn a_spec_written_from_a_file_is_accounted_like_one_spawned_or_adopted() {
+    let s = Scene::new();
+    let spec = |id: &str, ty: &str, status: &str| json!({"schema_version": 1, "worker_id": id, "worker_type": ty, "status": status});
+    let out = s.run_stdin(
+        "spawn-worker",
+        &["--from-spec", "-"],
+        spec("t1", "no-such-type", "pending").to_string().as_bytes(),
+    );
+    s.expect_code("spawn-worker", &["--from-spec", "-"], &out, 6);
+    assert!(
+        crate::support::stderr(&out).contains("unknown worker type"),
+        "{}",
+        crate::support::stderr(&out)
+    );
+    assert!(s.dirs_of("t1").is_empty());
+    let out = s.run_stdin(
+        "spawn-worker",
+        &["--from-spec", "-"],
+        spec("t2", "test-worker", "pending").to_string().as_bytes(),
+    );
+    s.expect_code("spawn-worker", &["--from-spec", "-"], &out, 0);
+    let t2 = s.spec("active", "t2");
+    assert_eq!(t2["token_budget"]["allocated"], 30000, "{t2:#}");
+    assert_eq!(s.budget()["used"], 30000);
+    let mut done = spec("done1", "test-worker", "completed");
+    done["token_budget"] = json!({"allocated": 1000, "used": 500});
+    let out = s.run_stdin(
+        "spawn-worker",
+        &["--from-spec", "-"],
+        done.to_string().as_bytes(),
+    );
+    s.expect_code("spawn-worker", &["--from-spec", "-"], &out, 0);
+    assert_eq!(s.budget()["consumed"], 500);
+    s.code("recalc-budget", &["--check"], 0);
+}
+
 #[test]
 fn recalc_budget_reports_and_fixes_drift() {
     let s = Scene::with_tokens(500_000);
