@@ -762,8 +762,20 @@ fn wait(home: &Home, a: WaitArgs) -> Result<()> {
             "timed out waiting for {} task(s)",
             o.tasks
                 .iter()
-                .filter(|t| !matches!(t.state.as_str(), "completed" | "failed" | "cancelled"))
+                .filter(|t| {
+                    !matches!(
+                        t.state.as_str(),
+                        "completed" | "failed" | "cancelled" | "gone"
+                    )
+                })
                 .count()
+        )));
+    }
+    let gone = o.gone();
+    if !gone.is_empty() {
+        return Err(Error::NotFound(format!(
+            "no such task any more: {} (purged after it ended; how it ended is unknown)",
+            gone.join(", ")
         )));
     }
     if !o.all_completed() {
@@ -834,12 +846,13 @@ fn purge(home: &Home, a: PurgeArgs) -> Result<()> {
     let p = queue::purge(home, &keep, time::now(), None, a.dry_run)?;
     match a.format {
         Format::Table => cli::out(format!(
-            "{} {} tasks: {} completed, {} failed, {} cancelled",
+            "{} {} tasks: {} completed, {} failed, {} cancelled{}",
             if a.dry_run { "would purge" } else { "purged" },
             p.total(),
             p.completed,
             p.failed,
-            p.cancelled
+            p.cancelled,
+            p.kept_note()
         )),
         _ => cli::out_json(&serde_json::to_value(p).map_err(|e| Error::Internal(e.to_string()))?),
     }

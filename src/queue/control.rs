@@ -6,11 +6,12 @@ use super::ids;
 use super::layout::{self, class_dir, state_path, PAUSED_MARKER};
 use super::moves::emit;
 use super::policy::Retention;
-use super::watch::Watcher;
+use super::watch::{FsEvent, Watcher};
 use crate::error::{Error, Result};
 use crate::events::{Event, EventType};
 use crate::home::{Home, TaskState};
 use crate::time::{self, Timestamp};
+use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime};
 
 /// Pauses a class: claimers skip it (enqueues still land) until [`resume`]. The mark is
@@ -70,7 +71,8 @@ pub fn paused(home: &Home) -> Result<Vec<String>> {
 pub struct Waited {
     pub task_id: String,
     /// `completed`, `failed`, `cancelled`; while not done, its current state; `gone` when
-    /// it was purged during the wait.
+    /// it no longer names any task (purged during the wait, after it ended): that counts
+    /// as ended, with an unknown outcome.
     pub state: String,
 }
 
@@ -86,6 +88,15 @@ impl WaitOutcome {
     pub fn all_completed(&self) -> bool {
         !self.timed_out && self.tasks.iter().all(|t| t.state == "completed")
     }
+
+    /// The ids that no longer name a task (purged during the wait).
+    pub fn gone(&self) -> Vec<&str> {
+        self.tasks
+            .iter()
+            .filter(|t| t.state == "gone")
+            .map(|t| t.task_id.as_str())
+            .collect()
+    }
 }
 
 fn ended(home: &Home, id: &str) -> Option<TaskState> {
@@ -98,9 +109,9 @@ fn ended(home: &Home, id: &str) -> Option<TaskState> {
     .find(|st| state_path(home, *st, id).exists())
 }
 
-/// Blocks until every task in `ids` has ended (completed, dead-lettered or cancelled), or
-/// `timeout` passes. Sleeps on inotify (and polls every `poll` on network filesystems).
-/// Exit 3 before waiting when an id names no task.
+/// Blocks until every task in `ids` has ended (completed, dead-lettered or cancelled) or is
+/// gone (purged after it ended), or `timeout` passes. Sleeps on inotify (and polls every
+/// `poll` on network filesystems). Exit 3 before waiting when an id names no task.
 pub fn wait(
     home: &Home,
     ids: &[String],
@@ -109,9 +120,6 @@ pub fn wait(
 ) -> Result<WaitOutcome> {
     for id in ids {
         crate::id::validate("task", id)?;
-        if ended(home, id).is_none() && super::moves::locate(home, id)?.is_none() {
-            return Err(Error::NotFound(format!("no such task: {id}")));
-        }
     }
     let deadline = match timeout {
         Some(t) => Some(Instant::now() + time::duration(time::check_secs("--timeout", t)?)),
@@ -123,6 +131,8 @@ pub fn wait(
         )),
         None => None,
     };
+    // Watched before the first look: a task that ends and is purged right after it still
+    // leaves a removal in a terminal directory for the loop to see.
     let mut w = Watcher::new()?;
     for st in [
         TaskState::Completed,
@@ -132,21 +142,68 @@ pub fn wait(
         let d = layout::ensure_state_dir(home, st)?;
         w.watch_dir(&d)?;
     }
+    // Where each unfinished task was last seen: one `stat` says it is still there, and
+    // only a task that moved is looked for again (finding a pending task by id may mean
+    // walking its class).
+    let mut seen: Vec<Option<PathBuf>> = vec![None; ids.len()];
+    for (i, id) in ids.iter().enumerate() {
+        if ended(home, id).is_some() {
+            continue;
+        }
+        match super::moves::locate(home, id)? {
+            Some((_, p)) => seen[i] = Some(p),
+            None => return Err(Error::NotFound(format!("no such task: {id}"))),
+        }
+    }
+    let mut by_name: std::collections::HashMap<&str, Vec<usize>> = Default::default();
+    for (i, id) in ids.iter().enumerate() {
+        by_name.entry(id.as_str()).or_default().push(i);
+    }
+    let mut gone = vec![false; ids.len()];
+    let mut suspects: Vec<usize> = Vec::new();
     let mut evs = Vec::new();
-    loop {
-        // Only terminal files are looked at while waiting (one `stat` each): finding a
-        // pending task by id may mean walking its class.
-        if ids.iter().all(|id| ended(home, id).is_some()) {
-            break;
+    let states = loop {
+        // A task named by a removal from a terminal directory (purged, or requeued), or
+        // every task after lost events or a poll tick: still somewhere, or gone?
+        for &i in &suspects {
+            if gone[i] || ended(home, &ids[i]).is_some() {
+                continue;
+            }
+            if seen[i].as_ref().is_some_and(|p| p.exists()) {
+                continue;
+            }
+            match super::moves::locate(home, &ids[i])? {
+                Some((_, p)) => seen[i] = Some(p),
+                None => gone[i] = ended(home, &ids[i]).is_none(),
+            }
+        }
+        suspects.clear();
+        let mut states = Vec::with_capacity(ids.len());
+        for (i, id) in ids.iter().enumerate() {
+            let st = if gone[i] {
+                "gone"
+            } else if let Some(st) = ended(home, id) {
+                st.name()
+            } else {
+                break;
+            };
+            states.push(st.to_string());
+        }
+        if states.len() == ids.len() {
+            break states;
         }
         if deadline.is_some_and(|d| Instant::now() >= d) {
             let mut tasks = Vec::new();
-            for id in ids {
-                let state = match ended(home, id) {
-                    Some(st) => st.name().to_string(),
-                    None => super::moves::locate(home, id)?
-                        .map(|(st, _)| st.name().to_string())
-                        .unwrap_or_else(|| "gone".into()),
+            for (i, id) in ids.iter().enumerate() {
+                let state = if gone[i] {
+                    "gone".to_string()
+                } else {
+                    match ended(home, id) {
+                        Some(st) => st.name().to_string(),
+                        None => super::moves::locate(home, id)?
+                            .map(|(st, _)| st.name().to_string())
+                            .unwrap_or_else(|| "gone".into()),
+                    }
                 };
                 tasks.push(Waited {
                     task_id: id.clone(),
@@ -163,17 +220,31 @@ pub fn wait(
             let at = Instant::now() + p;
             until = Some(until.map_or(at, |d| d.min(at)));
         }
-        w.wait(until)?;
+        let woken = w.wait(until)?;
         evs.clear();
         w.drain(&mut evs)?;
-    }
+        let mut all = !woken.fs && !woken.waker;
+        for ev in &evs {
+            match ev {
+                FsEvent::Removed { name, .. } => {
+                    if let Some(i) = name.strip_suffix(".json").and_then(|n| by_name.get(n)) {
+                        suspects.extend(i);
+                    }
+                }
+                FsEvent::Overflow | FsEvent::Gone { .. } => all = true,
+                _ => {}
+            }
+        }
+        if all {
+            suspects = (0..ids.len()).collect();
+        }
+    };
     let tasks = ids
         .iter()
-        .map(|id| Waited {
+        .zip(states)
+        .map(|(id, state)| Waited {
             task_id: id.clone(),
-            state: ended(home, id)
-                .map(|st| st.name().to_string())
-                .unwrap_or_else(|| "gone".into()),
+            state,
         })
         .collect();
     Ok(WaitOutcome {
@@ -188,6 +259,9 @@ pub struct Purged {
     pub completed: u64,
     pub failed: u64,
     pub cancelled: u64,
+    /// Finished tasks old enough to go but kept because deferred tasks still wait for them
+    /// (their file is the only record that they completed); purged once those are released.
+    pub kept: u64,
 }
 
 impl Purged {
@@ -195,11 +269,22 @@ impl Purged {
     pub fn total(&self) -> u64 {
         self.completed + self.failed + self.cancelled
     }
+
+    /// `; kept N that deferred tasks still wait for`, or nothing when none was kept.
+    pub fn kept_note(&self) -> String {
+        if self.kept == 0 {
+            String::new()
+        } else {
+            format!("; kept {} that deferred tasks still wait for", self.kept)
+        }
+    }
 }
 
 /// Removes finished tasks older than the retention says (age: since the file's last
 /// write, which is when the task reached that state), at most `limit` of them, and logs one
-/// `tasks_purged`. With `dry_run`, only counts.
+/// `tasks_purged`. A task that deferred tasks still wait for is kept (and counted in
+/// `kept`): removing a completed dependency would leave its dependents waiting for a task
+/// that no longer exists. With `dry_run`, only counts.
 pub fn purge(
     home: &Home,
     keep: &Retention,
@@ -236,6 +321,10 @@ pub fn purge(
             if age.as_secs_f64() <= max_age {
                 continue;
             }
+            if super::deps::awaited(home, id) {
+                out.kept += 1;
+                continue;
+            }
             left -= 1;
             let slot = match st {
                 TaskState::Completed => &mut out.completed,
@@ -267,16 +356,18 @@ pub fn purge(
             Event::new(
                 EventType::TasksPurged,
                 format!(
-                    "purged {} finished tasks ({} completed, {} failed, {} cancelled)",
+                    "purged {} finished tasks ({} completed, {} failed, {} cancelled){}",
                     out.total(),
                     out.completed,
                     out.failed,
-                    out.cancelled
+                    out.cancelled,
+                    out.kept_note()
                 ),
             )
             .with("completed", out.completed)
             .with("failed", out.failed)
-            .with("cancelled", out.cancelled),
+            .with("cancelled", out.cancelled)
+            .with("kept", out.kept),
         );
     }
     Ok(out)

@@ -9,6 +9,10 @@
 //! final state *before* it reads the markers, so at least one of the two sees the other; a
 //! crash in between is caught by maintenance, which settles every marker directory whose
 //! dependency has ended.
+//!
+//! A finished task that deferred tasks still wait for is never purged ([`awaited`]): the
+//! file in `completed/` is the only record that it completed, so it stays until the last
+//! task waiting for it has been released (or has died with another dependency).
 
 use super::counts::Delta;
 use super::layout::{self, deps_dir, read_task, state_path};
@@ -171,7 +175,8 @@ pub fn sweep(home: &Home) -> Result<u64> {
         } else if layout::list_names(&dir)?.is_empty() {
             let _ = std::fs::remove_dir(&dir);
         } else if moves::locate(home, &dep)?.is_none() {
-            // Purged, or never enqueued: the waiting tasks can never run.
+            // Removed by hand, or purged by an older corral (purge keeps an awaited task):
+            // whether it completed is unknown, so the waiting tasks can never run.
             for d in layout::list_names(&dir)? {
                 if let Err(e) =
                     dead_letter_deferred(home, &d, &format!("dependency {dep} no longer exists"))
@@ -184,6 +189,40 @@ pub fn sweep(home: &Home) -> Result<u64> {
         }
     }
     Ok(n)
+}
+
+/// A marker younger than this counts even without its deferred task: an enqueue or requeue
+/// writes the markers first and the deferred file right after.
+const MARKER_GRACE_SECS: u64 = 60;
+
+/// True when some deferred task still waits for `id` (a marker in `tasks/.deps/<id>/` whose
+/// task is in `deferred/`, or one just written): purge keeps such a finished task. A marker
+/// left behind by a crash (no deferred task, older than a minute) does not count;
+/// maintenance removes it. One `stat` when nothing waits for `id`.
+pub fn awaited(home: &Home, id: &str) -> bool {
+    let dir = deps_dir(home).join(id);
+    let Ok(names) = layout::list_names(&dir) else {
+        // Unreadable: keep the task rather than guess.
+        return true;
+    };
+    names.iter().any(|dependent| {
+        if crate::id::validate("task", dependent).is_err() {
+            return false;
+        }
+        if state_path(home, TaskState::Deferred, dependent).exists() {
+            return true;
+        }
+        match std::fs::symlink_metadata(dir.join(dependent)) {
+            // Gone since the listing: its task was released or died.
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+            Err(_) => true,
+            Ok(m) => m
+                .modified()
+                .ok()
+                .and_then(|m| m.elapsed().ok())
+                .is_none_or(|age| age.as_secs() < MARKER_GRACE_SECS),
+        }
+    })
 }
 
 /// Dead-letters the deferred `task` read from `path` (its lock held by the caller): to
@@ -228,4 +267,45 @@ fn dead_letter_deferred(home: &Home, id: &str, why: &str) -> Result<()> {
 /// A deferred task's file, for `cancel`.
 pub fn deferred_path(home: &Home, id: &str) -> std::path::PathBuf {
     state_path(home, TaskState::Deferred, id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn marker(home: &Home, dep: &str, dependent: &str, age_secs: u64) {
+        let dir = deps_dir(home).join(dep);
+        std::fs::create_dir_all(&dir).unwrap();
+        let m = dir.join(dependent);
+        std::fs::write(&m, b"").unwrap();
+        let at = std::time::SystemTime::now() - std::time::Duration::from_secs(age_secs);
+        std::fs::File::options()
+            .write(true)
+            .open(&m)
+            .unwrap()
+            .set_modified(at)
+            .unwrap();
+    }
+
+    #[test]
+    fn awaited_counts_deferred_and_fresh_markers_not_stale_ones() {
+        let d = tempfile::tempdir().unwrap();
+        let home = Home::at(d.path());
+        assert!(!awaited(&home, "dep"), "no marker directory");
+        // A crash's leftover: no deferred task, an hour old.
+        marker(&home, "dep", "old", 3600);
+        assert!(!awaited(&home, "dep"));
+        // Its deferred task exists: awaited, however old the marker.
+        let deferred = state_path(&home, TaskState::Deferred, "old");
+        std::fs::create_dir_all(deferred.parent().unwrap()).unwrap();
+        std::fs::write(&deferred, b"{}").unwrap();
+        assert!(awaited(&home, "dep"));
+        std::fs::remove_file(&deferred).unwrap();
+        // Just written by an enqueue whose deferred file is on its way.
+        marker(&home, "dep", "new", 0);
+        assert!(awaited(&home, "dep"));
+        // Names that are no task ids do not count.
+        marker(&home, "other", "..bad", 0);
+        assert!(!awaited(&home, "other"));
+    }
 }

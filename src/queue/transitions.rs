@@ -261,11 +261,69 @@ pub fn fail_with(
 /// the monitor's when the claimant is gone). A dead-lettered or cancelled task gets a fresh
 /// set of attempts.
 ///
+/// A failed or cancelled task enqueued `--after` others is judged by them again, as at
+/// enqueue: it goes back to `deferred/` while one is still pending, deferred or processing
+/// (released when they complete), to pending when all completed, and is refused (exit 5,
+/// naming it) while one is dead-lettered or cancelled — requeue that one first — or no
+/// longer exists when it never ran (nothing says whether that one completed).
+///
 /// With `caller`, only the claimant (or `force`) may requeue, and only a processing task: the
 /// `work` loop returns its task this way on SIGTERM without touching a task the monitor has
 /// already given to someone else.
 pub fn requeue(home: &Home, id: &str, caller: Option<&Caller>, reason: &str) -> Result<Task> {
     crate::id::validate("task", id)?;
+    let task = requeue_locked(home, id, caller, reason)?;
+    if task.state != TaskState::Deferred {
+        return Ok(task);
+    }
+    // A dependency may have ended between the check and the markers (as at enqueue).
+    match super::deps::settle(home, id)? {
+        Some(TaskState::Deferred) | None => Ok(task),
+        Some(_) => Ok(moves::find(home, id).map(|f| f.task).unwrap_or(task)),
+    }
+}
+
+/// Where a failed or cancelled task's dependencies send it back: pending when they all
+/// completed, deferred while one has not ended; an error naming a dependency that died.
+fn requeue_target(home: &Home, task: &Task) -> Result<TaskState> {
+    if task.after.is_empty() {
+        return Ok(TaskState::Pending);
+    }
+    let id = &task.task_id;
+    match super::deps::check(home, &task.after, true)? {
+        super::deps::DepState::Ready => Ok(TaskState::Pending),
+        super::deps::DepState::Waiting => Ok(TaskState::Deferred),
+        super::deps::DepState::Dead(why) => {
+            let dep = task
+                .after
+                .iter()
+                .find(|d| why.starts_with(&format!("dependency {d} was ")))
+                .cloned()
+                .unwrap_or_else(|| "it".into());
+            Err(Error::Conflict(format!(
+                "cannot requeue task {id}: {why} (requeue {dep} first, or enqueue the work again without it)"
+            )))
+        }
+        // Purged: it ended, and if this task ever left deferred, it completed.
+        super::deps::DepState::Missing(_) if was_released(task) => Ok(TaskState::Pending),
+        super::deps::DepState::Missing(d) => Err(Error::Conflict(format!(
+            "cannot requeue task {id}: its dependency {d} no longer exists (purged), so it cannot be known to have completed (enqueue the work again without it)"
+        ))),
+    }
+}
+
+/// True when the task has been pending or processing before: its dependencies had all
+/// completed then, and a completed task stays completed.
+fn was_released(task: &Task) -> bool {
+    task.attempts > 0
+        || task.claimed_at.is_some()
+        || task
+            .history
+            .iter()
+            .any(|h| h.to == "pending" || h.to == "processing")
+}
+
+fn requeue_locked(home: &Home, id: &str, caller: Option<&Caller>, reason: &str) -> Result<Task> {
     let _g = moves::task_lock(home, id)?;
     let now = time::now();
     let processing = state_path(home, TaskState::Processing, id);
@@ -309,28 +367,45 @@ pub fn requeue(home: &Home, id: &str, caller: Option<&Caller>, reason: &str) -> 
         from_state
     };
     let claimant = task.claimed_by.clone();
+    let to = if matches!(from_dir, TaskState::Failed | TaskState::Cancelled) {
+        requeue_target(home, &task)?
+    } else {
+        TaskState::Pending
+    };
     if matches!(from_dir, TaskState::Failed | TaskState::Cancelled) {
         task.attempts = 0;
         task.cancelled_at = None;
     }
-    task.transition(TaskState::Pending, None, reason, now);
+    task.transition(to, None, reason, now);
     task.reset_claim();
+    if to == TaskState::Deferred {
+        // Markers first, as at enqueue: an ending that misses the deferred file finds them.
+        super::deps::add_markers(home, &task)?;
+    }
     moves::move_out(
         home,
         &path,
         &mut task,
         &Delta::moved(
             (from_dir != TaskState::Processing).then_some(from_dir),
-            Some(TaskState::Pending),
+            Some(to),
         ),
     )?;
     let mut ev = task_event(
         EventType::TaskRequeued,
         &task,
-        format!("{id} requeued: {reason}"),
+        if to == TaskState::Deferred {
+            format!(
+                "{id} requeued: {reason} (waits for {})",
+                task.after.join(", ")
+            )
+        } else {
+            format!("{id} requeued: {reason}")
+        },
     )
     .with("reason", reason)
-    .with("from", from_dir.name());
+    .with("from", from_dir.name())
+    .with("to", to.name());
     ev.worker_id = claimant.clone();
     if let Some(c) = claimant {
         ev = ev.with("claimed_by", c);

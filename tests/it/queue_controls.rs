@@ -888,3 +888,212 @@ fn counts_follow_every_move_and_drift_is_repaired() {
     }
     assert_eq!(stats(false)["totals"]["pending"], 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// Dependencies across purge, wait and requeue.
+
+/// Backdates a finished task's file, so an age threshold of seconds has passed.
+fn backdate(s: &Scene, state: &str, id: &str) {
+    std::fs::File::options()
+        .write(true)
+        .open(tasks(s).join(format!("{state}/{id}.json")))
+        .unwrap()
+        .set_modified(std::time::SystemTime::now() - Duration::from_secs(60))
+        .unwrap();
+}
+
+#[test]
+fn purge_keeps_a_completed_dependency_while_tasks_still_wait_for_it() {
+    let mut s = Scene::new();
+    enqueue(&s, &["--class", "c", "--id", "D1"]);
+    enqueue(&s, &["--class", "c", "--id", "D2"]);
+    enqueue(&s, &["--class", "c", "--id", "D3", "--after", "D1,D2"]);
+    assert_eq!(claim(&s, &["--worker", "w"])["task_id"], "D1");
+    s.ok("task-queue", &["complete", "D1", "--worker", "w"]);
+    backdate(&s, "completed", "D1");
+    // The operator's purge keeps D1 (the only record that it completed) and says so.
+    let o = s.ok("task-queue", &["purge", "--completed-older-than", "0s"]);
+    assert!(o.contains("purged 0 tasks"), "{o}");
+    assert!(
+        o.contains("kept 1 that deferred tasks still wait for"),
+        "{o}"
+    );
+    let j: Value = serde_json::from_str(&s.ok(
+        "task-queue",
+        &["purge", "--completed-older-than", "0s", "--format", "json"],
+    ))
+    .unwrap();
+    assert_eq!(
+        (j["completed"].as_u64(), j["kept"].as_u64()),
+        (Some(0), Some(1))
+    );
+    assert!(tasks(&s).join("completed/D1.json").exists());
+    s.ok("heartbeat-monitor", &["--once", "-q"]);
+    assert_eq!(state_of(&s, "D3"), "deferred", "{}", s.tree());
+    // So does the policy's retention, over passes that also settle dependencies.
+    s.set_env(
+        "CORRAL_HEARTBEAT__QUEUE__PURGE__COMPLETED_AFTER_SECONDS",
+        "1",
+    );
+    s.ok("heartbeat-monitor", &["--once", "-q"]);
+    s.ok("heartbeat-monitor", &["--once", "-q"]);
+    assert_eq!(state_of(&s, "D3"), "deferred", "{}", s.tree());
+    assert!(tasks(&s).join("completed/D1.json").exists());
+    assert!(s.events_of("task_dead_lettered").is_empty());
+    // D3 runs once D2 completed too; then nothing waits for D1 and both go.
+    assert_eq!(claim(&s, &["--worker", "w"])["task_id"], "D2");
+    s.ok("task-queue", &["complete", "D2", "--worker", "w"]);
+    assert_eq!(state_of(&s, "D3"), "pending");
+    backdate(&s, "completed", "D2");
+    let o = s.ok("task-queue", &["purge", "--completed-older-than", "0s"]);
+    assert_eq!(
+        o.trim(),
+        "purged 2 tasks: 2 completed, 0 failed, 0 cancelled"
+    );
+    assert_eq!(claim(&s, &["--worker", "w"])["task_id"], "D3");
+}
+
+/// The inotify watches `pid` holds.
+fn inotify_watches(pid: u32) -> usize {
+    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            std::fs::read_to_string(e.path())
+                .map(|t| t.lines().filter(|l| l.starts_with("inotify wd:")).count())
+                .unwrap_or(0)
+        })
+        .sum()
+}
+
+#[test]
+fn wait_returns_when_a_waited_task_is_purged_after_it_ended() {
+    let s = Scene::new();
+    let reaper = Reaper::default();
+    enqueue(&s, &["--class", "c", "--id", "W6"]);
+    enqueue(&s, &["--class", "c", "--id", "W7"]);
+    // A bare wait: no timeout to fall back on.
+    let mut c = s.cmd("task-queue");
+    c.args(["wait", "W6", "W7"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let waiter = reaper.spawn(&mut c);
+    let pid = waiter.id();
+    assert!(crate::support::wait_until(Duration::from_secs(10), || {
+        inotify_watches(pid) >= 3
+    }));
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    assert_eq!(claim(&s, &["--worker", "w"])["task_id"], "W6");
+    s.ok("task-queue", &["complete", "W6", "--worker", "w"]);
+    s.ok("task-queue", &["purge", "--completed-older-than", "0s"]);
+    assert_eq!(claim(&s, &["--worker", "w"])["task_id"], "W7");
+    s.ok("task-queue", &["complete", "W7", "--worker", "w"]);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(waiter.wait_with_output());
+    });
+    let out = rx
+        .recv_timeout(Duration::from_secs(10))
+        .expect("wait returns once every task ended or is gone")
+        .unwrap();
+    assert!(started.elapsed() < Duration::from_secs(8));
+    // Gone is ended, with an outcome nobody can know: the code of a missing id.
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "W6 gone\nW7 completed");
+    assert!(stderr(&out).contains("W6"), "{}", stderr(&out));
+    // With a timeout, the same: no timeout is reported that never happened.
+    enqueue(&s, &["--class", "c", "--id", "W8"]);
+    enqueue(&s, &["--class", "c", "--id", "W9"]);
+    let mut c = s.cmd("task-queue");
+    c.args(["wait", "W8", "W9", "--timeout", "8"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let waiter = reaper.spawn(&mut c);
+    let pid = waiter.id();
+    assert!(crate::support::wait_until(Duration::from_secs(10), || {
+        inotify_watches(pid) >= 3
+    }));
+    std::thread::sleep(Duration::from_millis(200));
+    let started = std::time::Instant::now();
+    claim(&s, &["--worker", "w"]);
+    s.ok("task-queue", &["complete", "W8", "--worker", "w"]);
+    // The waiter has seen W8 end; it goes while W9 is still pending.
+    std::thread::sleep(Duration::from_millis(200));
+    s.ok("task-queue", &["purge", "--completed-older-than", "0s"]);
+    claim(&s, &["--worker", "w"]);
+    s.ok("task-queue", &["fail", "W9", "--worker", "w", "--no-retry"]);
+    let out = waiter.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(6));
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "W8 gone\nW9 failed");
+}
+
+#[test]
+fn requeue_respects_after_dependencies() {
+    let s = Scene::new();
+    enqueue(&s, &["--class", "c", "--id", "A", "--max-attempts", "1"]);
+    enqueue(&s, &["--class", "c", "--id", "B", "--after", "A"]);
+    claim(&s, &["--worker", "w"]);
+    s.ok("task-queue", &["fail", "A", "--worker", "w"]);
+    assert_eq!(state_of(&s, "B"), "failed");
+    // A dependency that is still dead: refused, naming it; nothing moves.
+    let o = s.code("task-queue", &["requeue", "B"], 5);
+    let err = stderr(&o);
+    assert!(
+        err.contains("dependency A was dead-lettered") && err.contains("requeue A first"),
+        "{err}"
+    );
+    assert_eq!(state_of(&s, "B"), "failed");
+    s.code("task-queue", &["claim", "--worker", "w"], 7);
+    // Requeued after its dependency, it waits for it in deferred/.
+    assert_eq!(s.ok("task-queue", &["requeue", "A"]).trim(), "pending");
+    assert_eq!(s.ok("task-queue", &["requeue", "B"]).trim(), "deferred");
+    assert_eq!(claim(&s, &["--worker", "w"])["task_id"], "A");
+    s.code("task-queue", &["claim", "--worker", "w"], 7);
+    s.ok("task-queue", &["complete", "A", "--worker", "w"]);
+    assert_eq!(state_of(&s, "B"), "pending");
+    assert_eq!(claim(&s, &["--worker", "w"])["task_id"], "B");
+    let ev = s.events_of("task_requeued");
+    assert_eq!(ev.last().unwrap()["data"]["to"], "deferred", "{ev:?}");
+
+    // Cancelled: the same.
+    enqueue(&s, &["--class", "c", "--id", "X"]);
+    enqueue(&s, &["--class", "c", "--id", "Y", "--after", "X"]);
+    s.ok("task-queue", &["cancel", "X"]);
+    assert_eq!(state_of(&s, "Y"), "failed");
+    let err = stderr(&s.code("task-queue", &["requeue", "Y"], 5));
+    assert!(err.contains("dependency X was cancelled"), "{err}");
+    s.ok("task-queue", &["requeue", "X"]);
+    assert_eq!(s.ok("task-queue", &["requeue", "Y"]).trim(), "deferred");
+    assert_eq!(claim(&s, &["--worker", "w"])["task_id"], "X");
+    s.code("task-queue", &["claim", "--worker", "w"], 7);
+    // Requeued while its dependency is processing, it is released when that completes.
+    s.ok("task-queue", &["complete", "X", "--worker", "w"]);
+    assert_eq!(claim(&s, &["--worker", "w"])["task_id"], "Y");
+    // …and to pending at once when its dependencies have all completed.
+    s.ok("task-queue", &["fail", "Y", "--worker", "w", "--no-retry"]);
+    assert_eq!(s.ok("task-queue", &["requeue", "Y"]).trim(), "pending");
+
+    // A dependency purged: fine for a task that ran (its dependencies had completed), refused
+    // for one that never did (nothing says that one completed).
+    enqueue(&s, &["--class", "d", "--id", "P"]);
+    enqueue(&s, &["--class", "d", "--id", "Q", "--after", "P"]);
+    enqueue(&s, &["--class", "d", "--id", "R", "--after", "P"]);
+    s.ok("task-queue", &["cancel", "R"]);
+    claim(&s, &["--worker", "w", "--class", "d"]);
+    s.ok("task-queue", &["complete", "P", "--worker", "w"]);
+    assert_eq!(
+        claim(&s, &["--worker", "w", "--class", "d"])["task_id"],
+        "Q"
+    );
+    s.ok("task-queue", &["fail", "Q", "--worker", "w", "--no-retry"]);
+    backdate(&s, "completed", "P");
+    s.ok("task-queue", &["purge", "--completed-older-than", "0s"]);
+    assert!(!tasks(&s).join("completed/P.json").exists());
+    assert_eq!(s.ok("task-queue", &["requeue", "Q"]).trim(), "pending");
+    let err = stderr(&s.code("task-queue", &["requeue", "R"], 5));
+    assert!(err.contains("dependency P no longer exists"), "{err}");
+    assert_eq!(state_of(&s, "R"), "cancelled");
+}
