@@ -149,13 +149,19 @@ pub fn pending_tasks(home: &Home, fix: bool) -> Result<Vec<Finding>> {
 /// finding (a home converted by hand can have a million of them).
 const MODE_FINDINGS_MAX: usize = 20;
 
-/// Queue files and directories whose mode is wider or narrower than the home's (DESIGN
-/// §10: `0700`/`0600` private, `2770`/`0660` group-shared), or in another group than a
-/// shared home's: too wide exposes tasks, too narrow locks the home's other users out of
-/// enqueueing and claiming. `--fix` sets the home's mode (what the owner of each can).
+/// Queue directories whose mode is wider or narrower than the home's (DESIGN §10:
+/// `0700`/`0600` private, `2770`/`0660` group-shared), files narrower than it, and either in
+/// another group than a shared home's: a wide directory exposes tasks, a narrow mode locks
+/// the home's other users out of enqueueing and claiming. A file wider than the home's is
+/// not reported: the directories above it keep others out, and a task written by hand
+/// under the usual umask (0644) is supported. `--fix` sets the home's mode (what the owner
+/// of each can).
 pub fn queue_modes(home: &Home, fix: bool) -> Vec<Finding> {
     let root = home.coordination().join("tasks");
-    let found = crate::perms::mismatched(home, &root);
+    let found: Vec<_> = crate::perms::mismatched(home, &root)
+        .into_iter()
+        .filter(|x| x.is_dir || x.want & !x.mode != 0 || x.gid.is_some())
+        .collect();
     let shared = crate::perms::modes(home) == crate::home::SHARED;
     let home_kind = if shared { "group-shared" } else { "private" };
     let mut out = Vec::new();
@@ -192,7 +198,7 @@ pub fn queue_modes(home: &Home, fix: bool) -> Vec<Finding> {
             detail.push_str(&format!(" (group {g} is not the home's)"));
         }
         let mut why = Vec::new();
-        if x.mode & !x.want != 0 {
+        if x.is_dir && x.mode & !x.want != 0 {
             why.push("wider than the home's: tasks may hold secrets");
         }
         if x.want & !x.mode != 0 || x.gid.is_some() {

@@ -809,9 +809,14 @@ fn queue_files_take_the_homes_modes_whatever_the_umask() {
             wrong.join("\n")
         );
         s.ok("corral", &["doctor"]);
-        // A file whose mode is not the home's is a doctor finding, which --fix repairs.
+        // A file narrower than the home's is a doctor finding, which --fix repairs; one
+        // wider than it (a task written by hand under umask 022) is not: the directories
+        // keep others out.
         let count = root.join(".counts").join("g");
-        std::fs::set_permissions(&count, std::fs::Permissions::from_mode(0o644)).unwrap();
+        let wider = if shared { 0o664 } else { 0o644 };
+        std::fs::set_permissions(&count, std::fs::Permissions::from_mode(wider)).unwrap();
+        s.ok("corral", &["doctor"]);
+        std::fs::set_permissions(&count, std::fs::Permissions::from_mode(0o400)).unwrap();
         let out = s.code("corral", &["doctor"], 10);
         let text = stdout(&out);
         assert!(
