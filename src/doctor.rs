@@ -41,7 +41,8 @@ pub struct Finding {
 /// Runs every check; with `fix`, repairs what is safe. The state directories are scanned
 /// completely before anything is moved, so a repair never makes a spec count twice.
 pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
-    let mut out = Vec::new();
+    // First: the other checks (and their repairs) need the layout.
+    let mut out = checks::layout(home, fix);
     let mut seen: BTreeMap<String, Vec<(StateDir, Status)>> = BTreeMap::new();
     let mut launched_active = 0u64;
     let mut refused = Vec::new();

@@ -71,6 +71,113 @@ pub fn config(home: &Home) -> Vec<Finding> {
     out
 }
 
+/// The layout `corral init` made (DESIGN §2), as every command expects it: a missing state
+/// directory made every cleanup or completion fail, a missing types file every spawn, and
+/// an event log replaced by a symlink or a directory dropped every event with exit 0, while
+/// doctor said ok. `--fix` recreates a missing directory or log (the home's modes), writes
+/// a missing config file from the template, and sets aside (in `quarantine/`) what stands
+/// where a log must be. The budget file has its own check.
+pub fn layout(home: &Home, fix: bool) -> Vec<Finding> {
+    let m = crate::perms::modes(home);
+    let mut out = Vec::new();
+    for (rel, contents) in crate::home::TEMPLATE {
+        let path = home.root().join(rel.trim_end_matches('/'));
+        let want_dir = rel.ends_with('/');
+        let is_log = rel.ends_with(".jsonl");
+        if rel.ends_with("token-budget.json") {
+            continue;
+        }
+        let meta = std::fs::symlink_metadata(&path);
+        let (kind, detail, fixed) = match meta {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let (kind, detail) = if want_dir {
+                    ("missing_dir", "a directory of the home's layout is missing")
+                } else if is_log {
+                    ("missing_file", "a log of the home's layout is missing")
+                } else {
+                    (
+                        "missing_config",
+                        "a config file is missing (commands fall back or fail)",
+                    )
+                };
+                let fixed = fix
+                    .then(|| {
+                        if want_dir {
+                            crate::perms::mkdir_all(&path, m).map(|()| "created".to_string())
+                        } else {
+                            crate::perms::write_file(&path, contents.as_bytes(), m).map(|()| {
+                                if is_log {
+                                    "created empty"
+                                } else {
+                                    "written from the template"
+                                }
+                                .to_string()
+                            })
+                        }
+                    })
+                    .and_then(|r| r.map_err(|e| tracing::warn!("{e}")).ok());
+                (kind, detail.to_string(), fixed)
+            }
+            Err(e) => ("unreadable", format!("cannot look at it: {e}"), None),
+            Ok(md) if want_dir && !md.is_dir() => (
+                "not_a_directory",
+                format!(
+                    "must be a directory, is a {} (set it aside by hand)",
+                    file_kind(&md)
+                ),
+                None,
+            ),
+            Ok(md) if !want_dir && !md.file_type().is_file() => {
+                let detail = format!(
+                    "must be a regular file, is a {}: {}",
+                    file_kind(&md),
+                    if is_log {
+                        "every event written here is lost"
+                    } else {
+                        "it is refused (never followed)"
+                    }
+                );
+                let fixed = (fix && is_log)
+                    .then(|| {
+                        crate::store::quarantine(
+                            home,
+                            &path,
+                            "not a regular file where a log must be",
+                        )
+                        .and_then(|q| {
+                            crate::perms::write_file(&path, b"", m).map(|()| {
+                                format!("set aside as {}; a new log started", q.display())
+                            })
+                        })
+                    })
+                    .and_then(|r| r.map_err(|e| tracing::warn!("{e}")).ok());
+                ("not_a_file", detail, fixed)
+            }
+            Ok(_) => continue,
+        };
+        out.push(Finding {
+            kind,
+            path: path.display().to_string(),
+            detail,
+            fixed,
+        });
+    }
+    out
+}
+
+fn file_kind(m: &std::fs::Metadata) -> &'static str {
+    let t = m.file_type();
+    if t.is_symlink() {
+        "symlink"
+    } else if t.is_dir() {
+        "directory"
+    } else if t.is_file() {
+        "file"
+    } else {
+        "special file"
+    }
+}
+
 /// A monitor that is not watching while launched workers are active (their exit would go
 /// unnoticed and their health would never change).
 pub fn monitor(home: &Home, launched_active: u64) -> Vec<Finding> {

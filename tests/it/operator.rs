@@ -163,6 +163,50 @@ fn status_counts_queue_stuck_tasks_quarantine_and_breakers() {
 }
 
 /// Regression: doctor said ok for a policy the monitor refuses and a broken worker-types.
+/// The layout every command relies on: with `worker-specs/archived` gone every cleanup
+/// failed, with `worker-types.json` gone every spawn, and with the event log replaced by a
+/// symlink or a directory every event was dropped (commands exit 0) — and doctor said ok.
+#[test]
+fn doctor_reports_and_repairs_a_broken_layout() {
+    let s = Scene::new();
+    let c = s.coord();
+    let log = c.join("dashboard-events.jsonl");
+    std::fs::remove_dir(c.join("worker-specs/archived")).expect("rmdir");
+    std::fs::remove_file(c.join("config/worker-types.json")).expect("rm");
+    std::fs::remove_file(&log).expect("rm");
+    let elsewhere = s.dir.path().join("elsewhere.jsonl");
+    std::fs::write(&elsewhere, "").expect("write");
+    std::os::unix::fs::symlink(&elsewhere, &log).expect("symlink");
+    let out = s.code("corral", &["doctor"], 10);
+    let text = stdout(&out);
+    for want in ["missing_dir:", "missing_config:", "not_a_file:"] {
+        assert!(
+            text.lines().any(|l| l.starts_with(want)),
+            "{want} in\n{text}"
+        );
+    }
+    s.code("corral", &["doctor", "--fix"], 0);
+    s.ok("corral", &["doctor"]);
+    assert!(std::fs::symlink_metadata(&log)
+        .expect("log")
+        .file_type()
+        .is_file());
+    // Everything works again: a spawn (types), its events (log), a cleanup (archived/).
+    let id = stdout(&s.code("spawn-worker", &["--type", "test-worker"], 0));
+    s.ok("heartbeat", &[&id, "--fail", "--error", "x"]);
+    s.ok("cleanup-zombies", &[]);
+    assert_eq!(s.dirs_of(&id), ["archived"]);
+    assert!(std::fs::read_to_string(&log).expect("log").contains(&id));
+    assert_eq!(std::fs::read_to_string(&elsewhere).expect("read"), "");
+    // A directory where the log must be is set aside the same way.
+    std::fs::remove_file(&log).expect("rm");
+    std::fs::create_dir(&log).expect("mkdir");
+    let out = s.code("corral", &["doctor"], 10);
+    assert!(stdout(&out).contains("is a directory"), "{}", stdout(&out));
+    s.code("corral", &["doctor", "--fix"], 0);
+    s.ok("corral", &["doctor"]);
+}
+
 #[test]
 fn doctor_checks_config_with_the_monitors_loader() {
     let s = Scene::new();
