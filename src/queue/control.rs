@@ -385,10 +385,8 @@ pub fn purge_paced(home: &Home, keep: &Retention, now: Timestamp) -> Result<u64>
     if recent {
         return Ok(0);
     }
-    let d = layout::counts_dir(home);
-    std::fs::create_dir_all(&d)
-        .map_err(|e| Error::io(format!("cannot create {}", d.display()), e))?;
-    std::fs::write(&stamp, b"")
-        .map_err(|e| Error::io(format!("cannot write {}", stamp.display()), e))?;
+    let modes = crate::perms::modes(home);
+    crate::perms::mkdir_all(&layout::counts_dir(home), modes)?;
+    crate::perms::write_file(&stamp, b"", modes)?;
     Ok(purge(home, keep, now, Some(5000), false)?.total())
 }

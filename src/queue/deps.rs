@@ -18,7 +18,7 @@ use super::counts::Delta;
 use super::layout::{self, deps_dir, read_task, state_path};
 use super::moves::{self, emit};
 use super::task::{Task, MAX_ERROR_BYTES};
-use crate::error::{IoContext, Result};
+use crate::error::Result;
 use crate::events::EventType;
 use crate::home::{Home, TaskState};
 use crate::store::ReadError;
@@ -64,11 +64,14 @@ pub fn check(home: &Home, after: &[String], verify: bool) -> Result<DepState> {
 
 /// Writes a marker per dependency of a deferred task.
 pub fn add_markers(home: &Home, task: &Task) -> Result<()> {
+    // The home's modes, not the umask's: every member of a group home enqueues and
+    // releases dependents here.
+    let modes = crate::perms::modes(home);
     for d in &task.after {
         let dir = deps_dir(home).join(d);
-        std::fs::create_dir_all(&dir).ctx("create", &dir)?;
+        crate::perms::mkdir_all(&dir, modes)?;
         let m = dir.join(&task.task_id);
-        std::fs::write(&m, b"").ctx("write", &m)?;
+        crate::perms::write_file(&m, b"", modes)?;
         moves::sync_dir(&dir)?;
     }
     Ok(())

@@ -138,9 +138,7 @@ impl Index {
     pub fn watch_root(&mut self, w: &Watcher) -> Result<()> {
         if self.root_wd.is_none() {
             let root = layout::pending_root(&self.home);
-            std::fs::create_dir_all(&root).map_err(|e| {
-                crate::error::Error::io(format!("cannot create {}", root.display()), e)
-            })?;
+            crate::perms::mkdir_all(&root, crate::perms::modes(&self.home))?;
             if let Some(wd) = w.watch_dir(&root)? {
                 self.root_wd = Some(wd);
                 self.wds.insert(wd, Watched::Root);

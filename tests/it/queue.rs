@@ -751,6 +751,9 @@ fn queue_files_take_the_homes_modes_whatever_the_umask() {
             &["enqueue", "--class", "g", "--id", "G2", "--payload", "2"],
         );
         ok_022(&s, &["enqueue", "--class", "h", "--max-attempts", "1"]);
+        // A dependent's markers (tasks/.deps/) and a paused class's marker too.
+        ok_022(&s, &["enqueue", "--class", "d", "--after", "G2"]);
+        ok_022(&s, &["pause", "p"]);
         let lines = "1\n2\n{\"payload\": 3, \"id\": \"B3\"}\n";
         let jsonl = s.dir.path().join("in.jsonl");
         std::fs::write(&jsonl, lines).unwrap();
@@ -785,7 +788,7 @@ fn queue_files_take_the_homes_modes_whatever_the_umask() {
                 s.tree()
             );
         }
-        for d in [".counts", ".ids", ".claiming"] {
+        for d in [".counts", ".ids", ".claiming", ".deps"] {
             assert!(root.join(d).is_dir(), "{d} exists");
         }
         let want_gid = std::fs::metadata(s.coord()).unwrap().gid();
