@@ -299,6 +299,26 @@ fn write_lines(home: &Home, lines: &[Vec<u8>]) -> Result<()> {
     if lines.is_empty() {
         return Ok(());
     }
+    if let Some(d) = deferred_for(home) {
+        return d.push(lines);
+    }
+    write_now(home, lines, Wait::Bounded, &mut 0).map(|_| ())
+}
+
+/// How an append waits for `.locks/events.lock` when another process holds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Wait {
+    /// The bounded wait every CLI lock has (`CORRAL_LOCK_TIMEOUT`, DESIGN §6 S4).
+    Bounded,
+    /// Not at all: `Ok(false)` and nothing written.
+    Try,
+    /// Until it is free (the deferred writer's own thread, which nothing else waits on).
+    Blocking,
+}
+
+/// Writes `lines` under the event lock; `Ok(false)` when `wait` is [`Wait::Try`] and the
+/// lock is held. `done` counts the lines written, also when a later one fails.
+fn write_now(home: &Home, lines: &[Vec<u8>], wait: Wait, done: &mut usize) -> Result<bool> {
     let rotation = Rotation::for_home(home);
     let path = home.events_path();
     let lock_path = home.events_lock();
@@ -312,7 +332,13 @@ fn write_lines(home: &Home, lines: &[Vec<u8>]) -> Result<()> {
     if on_disk.is_none() || a.lock.as_ref().map(|l| l.1) != on_disk {
         // A duplicate of a freshly opened (and checked) lock file, unlocked: the lock
         // belongs to the open file both descriptors share.
-        let guard = store::lock(&lock_path)?;
+        let guard = match wait {
+            Wait::Try => match store::try_lock(&lock_path)? {
+                Some(g) => g,
+                None => return Ok(false),
+            },
+            Wait::Bounded | Wait::Blocking => store::lock(&lock_path)?,
+        };
         let f = guard.file().try_clone().ctx("dup", &lock_path)?;
         let id = dev_ino(&f.metadata().ctx("stat", &lock_path)?);
         drop(guard);
@@ -322,10 +348,19 @@ fn write_lines(home: &Home, lines: &[Vec<u8>]) -> Result<()> {
         return Err(Error::Internal("event lock vanished".into()));
     };
     // The common case is a free lock; a held one is waited for with the bounded wait every
-    // lock has (DESIGN §6 S4).
+    // lock has (DESIGN §6 S4), or not at all, or (the deferred writer) until it is free.
     let slow_guard = match lock.try_lock() {
         Ok(()) => None,
-        Err(std::fs::TryLockError::WouldBlock) => Some(store::lock(&lock_path)?),
+        Err(std::fs::TryLockError::WouldBlock) => match wait {
+            Wait::Bounded => Some(store::lock(&lock_path)?),
+            Wait::Try => return Ok(false),
+            Wait::Blocking => {
+                // The kernel queues this wait fairly and wakes it when the holder lets go.
+                lock.lock()
+                    .map_err(|e| Error::io(format!("cannot lock {}", lock_path.display()), e))?;
+                None
+            }
+        },
         Err(std::fs::TryLockError::Error(e)) => {
             return Err(Error::io("cannot lock the event log", e))
         }
@@ -337,7 +372,7 @@ fn write_lines(home: &Home, lines: &[Vec<u8>]) -> Result<()> {
     if network {
         a.log = None;
     }
-    let res = append_locked(home, &mut a.log, &path, lines, &rotation);
+    let res = append_locked(home, &mut a.log, &path, lines, &rotation, done);
     if network {
         // Closing writes the lines back to the server before the lock is let go.
         a.log = None;
@@ -353,7 +388,7 @@ fn write_lines(home: &Home, lines: &[Vec<u8>]) -> Result<()> {
         a.log = None;
         a.lock = None;
     }
-    res
+    res.map(|()| true)
 }
 
 /// The appends themselves, under the lock: rotation by size, and a log rotated or removed
@@ -364,6 +399,7 @@ fn append_locked(
     path: &std::path::Path,
     lines: &[Vec<u8>],
     rotation: &Rotation,
+    done: &mut usize,
 ) -> Result<()> {
     for line in lines {
         let current = match std::fs::symlink_metadata(path) {
@@ -385,6 +421,7 @@ fn append_locked(
         }
         if let Some((f, _)) = log.as_mut() {
             f.write_all(line).ctx("append to", path)?;
+            *done += 1;
         }
     }
     Ok(())
@@ -402,6 +439,269 @@ fn rotate(home: &Home, keep: u32) -> Result<()> {
     let cur = home.events_path();
     std::fs::rename(&cur, home.rotated_events_path(1)).ctx("rotate", &cur)?;
     Ok(())
+}
+
+// ---------------------------------------------------------------------------------------
+// Deferred appends: a process that must never wait for `.locks/events.lock` (the monitor
+// daemon, DESIGN §6 S4: any CLI, or `flock .locks/events.lock sleep 60`, can hold it).
+
+/// How much a deferring process keeps in memory while the event lock is held (bytes of
+/// lines, about 60,000 events); beyond it new events are refused with an error.
+pub const DEFERRED_MAX_BYTES: usize = 32 * 1024 * 1024;
+
+/// Lines waiting for the event lock, in the order they were appended.
+#[derive(Default)]
+struct Backlog {
+    lines: std::collections::VecDeque<Vec<u8>>,
+    /// Bytes of `lines` and of the batch being written.
+    bytes: usize,
+    /// Lines the writer thread took and is writing now.
+    in_flight: usize,
+    /// Since when lines have been waiting (none while nothing waits).
+    since: Option<std::time::Instant>,
+    /// Lines refused because the backlog was full, since it last drained.
+    dropped: u64,
+    /// No more lines will come: the writer ends once the backlog is empty.
+    closed: bool,
+}
+
+/// The deferred appends of one home: the backlog and the thread that writes it.
+struct Deferred {
+    home: Home,
+    events_path: std::path::PathBuf,
+    max_bytes: usize,
+    backlog: std::sync::Mutex<Backlog>,
+    /// Signalled when lines are queued (or the backlog is closed).
+    more: std::sync::Condvar,
+    /// Signalled when the backlog drained.
+    drained: std::sync::Condvar,
+}
+
+static DEFERRED: std::sync::Mutex<Vec<std::sync::Arc<Deferred>>> =
+    std::sync::Mutex::new(Vec::new());
+
+fn deferred_for(home: &Home) -> Option<std::sync::Arc<Deferred>> {
+    let all = DEFERRED.lock().unwrap_or_else(|p| p.into_inner());
+    if all.is_empty() {
+        return None;
+    }
+    let path = home.events_path();
+    all.iter().find(|d| d.events_path == path).cloned()
+}
+
+/// From now on this process never waits for the event lock of `home`: an append finds it
+/// free and writes at once, or finds it held and queues the lines in memory (returning at
+/// once), and a writer thread appends them, in order, as soon as the holder lets go. While
+/// lines wait, later appends queue behind them, so the log keeps this process's order.
+/// At most [`DEFERRED_MAX_BYTES`] wait; appends beyond that fail with an error naming the
+/// lock. End with [`stop_deferring`], which gives the backlog a bounded time to drain.
+pub fn defer_when_busy(home: &Home) -> Result<()> {
+    defer_with(home, DEFERRED_MAX_BYTES)
+}
+
+fn defer_with(home: &Home, max_bytes: usize) -> Result<()> {
+    let mut all = DEFERRED.lock().unwrap_or_else(|p| p.into_inner());
+    let path = home.events_path();
+    if all.iter().any(|d| d.events_path == path) {
+        return Ok(());
+    }
+    let d = std::sync::Arc::new(Deferred {
+        home: home.clone(),
+        events_path: path,
+        max_bytes,
+        backlog: std::sync::Mutex::new(Backlog::default()),
+        more: std::sync::Condvar::new(),
+        drained: std::sync::Condvar::new(),
+    });
+    let writer = d.clone();
+    std::thread::Builder::new()
+        .name("event-writer".into())
+        .spawn(move || writer.run())
+        .map_err(|e| Error::Internal(format!("cannot start the event writer thread: {e}")))?;
+    all.push(d);
+    Ok(())
+}
+
+/// Waits up to `timeout` for the lines still waiting to be written; returns how many are
+/// left (0: all written). Deferral goes on.
+pub fn flush_deferred(home: &Home, timeout: std::time::Duration) -> usize {
+    match deferred_for(home) {
+        Some(d) => d.flush(timeout),
+        None => 0,
+    }
+}
+
+/// Ends deferral for `home` after waiting up to `timeout` for the backlog to drain; returns
+/// the number of lines that could not be written in that time (the writer thread keeps
+/// trying while the process lives).
+pub fn stop_deferring(home: &Home, timeout: std::time::Duration) -> usize {
+    let Some(d) = deferred_for(home) else {
+        return 0;
+    };
+    let left = d.flush(timeout);
+    DEFERRED
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .retain(|x| !std::sync::Arc::ptr_eq(x, &d));
+    let mut b = d.lock();
+    b.closed = true;
+    d.more.notify_all();
+    left
+}
+
+/// What waits for the event lock in a deferring process.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BacklogState {
+    /// Lines not written yet.
+    pub lines: usize,
+    pub bytes: usize,
+    /// How long the oldest of them has waited.
+    pub waiting_seconds: f64,
+    /// Events refused since the backlog last drained because it was full.
+    pub dropped: u64,
+}
+
+/// The backlog of a deferring process, or `None` when nothing waits (or it does not defer).
+pub fn backlog(home: &Home) -> Option<BacklogState> {
+    let d = deferred_for(home)?;
+    let b = d.lock();
+    let lines = b.lines.len() + b.in_flight;
+    (lines > 0 || b.dropped > 0).then(|| BacklogState {
+        lines,
+        bytes: b.bytes,
+        waiting_seconds: b.since.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+        dropped: b.dropped,
+    })
+}
+
+impl Deferred {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Backlog> {
+        self.backlog.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn push(&self, lines: &[Vec<u8>]) -> Result<()> {
+        let mut b = self.lock();
+        if b.lines.is_empty() && b.in_flight == 0 {
+            // Nothing waits: write now if the lock is free. The backlog stays locked
+            // meanwhile, so no line of this process can overtake these.
+            let mut done = 0;
+            match write_now(&self.home, lines, Wait::Try, &mut done) {
+                Ok(true) => return Ok(()),
+                Ok(false) => {}
+                // Written in part: the rest waits, and the writer reports a lasting error.
+                Err(_) => return self.queue(&mut b, &lines[done.min(lines.len())..]),
+            }
+        }
+        self.queue(&mut b, lines)
+    }
+
+    fn queue(&self, b: &mut Backlog, lines: &[Vec<u8>]) -> Result<()> {
+        let n: usize = lines.iter().map(Vec::len).sum();
+        if b.bytes.saturating_add(n) > self.max_bytes {
+            b.dropped = b.dropped.saturating_add(lines.len() as u64);
+            return Err(Error::Internal(format!(
+                "event backlog full: {} line(s) ({} bytes, the limit) have waited {:.0} s for {}, held by another process; {} event(s) dropped since",
+                b.lines.len() + b.in_flight,
+                b.bytes,
+                b.since.map_or(0.0, |s| s.elapsed().as_secs_f64()),
+                self.home.events_lock().display(),
+                b.dropped
+            )));
+        }
+        b.since.get_or_insert_with(std::time::Instant::now);
+        b.lines.extend(lines.iter().cloned());
+        b.bytes += n;
+        self.more.notify_one();
+        Ok(())
+    }
+
+    fn flush(&self, timeout: std::time::Duration) -> usize {
+        let deadline = std::time::Instant::now() + timeout;
+        let mut b = self.lock();
+        loop {
+            let left = b.lines.len() + b.in_flight;
+            let now = std::time::Instant::now();
+            if left == 0 || now >= deadline {
+                return left;
+            }
+            b = self
+                .drained
+                .wait_timeout(b, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+
+    /// The writer thread: takes everything queued and appends it under one hold of the
+    /// lock, waiting for the lock as long as it takes (the kernel wakes it when the holder
+    /// lets go); an I/O error is retried with a growing pause, so no line is lost while
+    /// the process lives.
+    fn run(&self) {
+        let mut failing: Option<String> = None;
+        loop {
+            let batch: Vec<Vec<u8>> = {
+                let mut b = self.lock();
+                while b.lines.is_empty() && !b.closed {
+                    b = self.more.wait(b).unwrap_or_else(|p| p.into_inner());
+                }
+                if b.lines.is_empty() {
+                    return;
+                }
+                b.in_flight = b.lines.len();
+                b.lines.drain(..).collect()
+            };
+            let bytes: usize = batch.iter().map(Vec::len).sum();
+            let mut written = 0;
+            let mut pause = std::time::Duration::from_millis(100);
+            while written < batch.len() {
+                let mut done = 0;
+                match write_now(&self.home, &batch[written..], Wait::Blocking, &mut done) {
+                    Ok(_) => {
+                        written = batch.len();
+                        if failing.take().is_some() {
+                            tracing::info!("the event log is writable again");
+                        }
+                    }
+                    Err(e) => {
+                        written += done;
+                        self.lock().in_flight = batch.len() - written;
+                        let msg = e.to_string();
+                        if failing.as_deref() != Some(msg.as_str()) {
+                            tracing::error!(
+                                "cannot append {} waiting event line(s) yet (kept in memory, retrying): {msg}",
+                                batch.len() - written
+                            );
+                            failing = Some(msg);
+                        }
+                        std::thread::sleep(pause);
+                        pause = (pause * 2).min(std::time::Duration::from_secs(5));
+                    }
+                }
+            }
+            let mut b = self.lock();
+            b.bytes = b.bytes.saturating_sub(bytes);
+            b.in_flight = 0;
+            if b.lines.is_empty() {
+                if let Some(since) = b.since.take() {
+                    let waited = since.elapsed().as_secs_f64();
+                    if waited >= 1.0 {
+                        tracing::info!(
+                            "wrote the event line(s) that waited {waited:.1} s for {}",
+                            self.home.events_lock().display()
+                        );
+                    }
+                }
+                if b.dropped > 0 {
+                    tracing::error!(
+                        "{} event(s) were dropped while the event backlog was full",
+                        b.dropped
+                    );
+                    b.dropped = 0;
+                }
+                self.drained.notify_all();
+            }
+        }
+    }
 }
 
 /// Moves a bad file into `quarantine/` (with its `.reason`) and logs `spec_quarantined`:
@@ -457,6 +757,82 @@ mod tests {
             Event::new(*t, "x").to_line().unwrap();
         }
         assert_eq!(EventType::ALL.len(), 46);
+    }
+
+    fn messages(home: &Home) -> Vec<String> {
+        std::fs::read_to_string(home.events_path())
+            .unwrap_or_default()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<Value>(l).unwrap()["message"]
+                    .as_str()
+                    .unwrap()
+                    .to_string()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_deferring_process_never_waits_for_a_held_lock_and_loses_nothing() {
+        let (_dir, home) = crate::home::test_home();
+        defer_when_busy(&home).unwrap();
+        append(&home, &Event::new(EventType::TaskEnqueued, "n0")).unwrap();
+        assert_eq!(messages(&home), ["n0"], "a free lock: written at once");
+        // Another open file of the lock: to flock, another process.
+        let held = store::lock(&home.events_lock()).unwrap();
+        let t = std::time::Instant::now();
+        for i in 1..50 {
+            append(&home, &Event::new(EventType::TaskEnqueued, format!("n{i}"))).unwrap();
+        }
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(1),
+            "waited {:?}",
+            t.elapsed()
+        );
+        assert_eq!(messages(&home), ["n0"]);
+        let b = backlog(&home).unwrap();
+        assert_eq!(b.lines, 49);
+        assert_eq!(b.dropped, 0);
+        assert_eq!(
+            flush_deferred(&home, std::time::Duration::from_millis(50)),
+            49
+        );
+        drop(held);
+        assert_eq!(flush_deferred(&home, std::time::Duration::from_secs(10)), 0);
+        let want: Vec<String> = (0..50).map(|i| format!("n{i}")).collect();
+        assert_eq!(messages(&home), want, "every line, in order");
+        assert!(backlog(&home).is_none());
+        // Lines that find the lock free again are written at once, after the backlog.
+        append(&home, &Event::new(EventType::TaskEnqueued, "n50")).unwrap();
+        assert_eq!(messages(&home).len(), 51);
+        assert_eq!(stop_deferring(&home, std::time::Duration::from_secs(1)), 0);
+    }
+
+    #[test]
+    fn a_full_backlog_refuses_new_events_with_an_error_naming_the_lock() {
+        let (_dir, home) = crate::home::test_home();
+        let line = Event::new(EventType::TaskEnqueued, "x")
+            .to_line()
+            .unwrap()
+            .len();
+        defer_with(&home, line * 3 + line / 2).unwrap();
+        let held = store::lock(&home.events_lock()).unwrap();
+        for i in 0..3 {
+            append(&home, &Event::new(EventType::TaskEnqueued, format!("{i}"))).unwrap();
+        }
+        let err = append(&home, &Event::new(EventType::TaskEnqueued, "3"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("backlog full") && err.contains("events.lock"),
+            "{err}"
+        );
+        assert_eq!(backlog(&home).unwrap().dropped, 1);
+        drop(held);
+        assert_eq!(stop_deferring(&home, std::time::Duration::from_secs(10)), 0);
+        assert_eq!(messages(&home), ["0", "1", "2"]);
+        // No longer deferring: a held lock is waited for (bounded) again.
+        assert!(deferred_for(&home).is_none());
     }
 
     #[test]

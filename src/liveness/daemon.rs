@@ -62,6 +62,9 @@ enum Job {
 impl Monitor {
     /// Runs until SIGTERM or SIGINT.
     pub fn run_daemon(&mut self) -> Result<()> {
+        // Any CLI (or `flock .locks/events.lock sleep 60`) can hold the event lock: the loop
+        // never waits for it (S4). Lines wait in memory and are written in order once free.
+        crate::events::defer_when_busy(&self.home)?;
         let reactor = Reactor::new(&DAEMON_SIGNALS)?;
         let mut files = Files::watch(&self.home)?;
         reactor.add_files(files.fd())?;
@@ -103,8 +106,24 @@ impl Monitor {
                 self.stopping.len() + self.group_stops.len()
             );
         }
+        self.stop_deferring_events();
         tracing::info!("heartbeat-monitor stopped");
         Ok(())
+    }
+
+    /// Before exit: the event lines still waiting for the event lock get the bounded wait
+    /// any CLI has (`CORRAL_LOCK_TIMEOUT`); what is still not written then is reported.
+    fn stop_deferring_events(&mut self) {
+        let timeout = crate::store::lock_timeout()
+            .unwrap_or_else(|_| time::duration(crate::store::DEFAULT_LOCK_TIMEOUT_SECS));
+        let left = crate::events::stop_deferring(&self.home, timeout);
+        if left > 0 {
+            tracing::error!(
+                "{left} event line(s) were not written: {} stayed held by another process for {:.1} s more",
+                self.home.events_lock().display(),
+                timeout.as_secs_f64()
+            );
+        }
     }
 
     fn on_ready(&mut self, r: Ready, files: &Files) {
@@ -400,12 +419,42 @@ impl Monitor {
 
     /// Writes `metrics/monitor.json`.
     pub fn write_status(&mut self) {
+        self.sweep_held();
         self.status.last_pass_at = time::now();
         self.status.workers_watched = self.workers.len();
         self.status.poll_interval_seconds = self.settings.poll_interval;
+        self.status.held_locks = self.held_report();
+        self.status.events_backlog = self.events_backlog();
         if let Err(e) = status::write(&self.home, &self.status) {
             tracing::warn!("cannot write {}: {e}", status::path(&self.home).display());
         }
+    }
+
+    /// Event lines waiting for the event lock, warned about (at most once a minute) once
+    /// they have waited as long as a CLI would.
+    fn events_backlog(&mut self) -> Option<status::EventsBacklog> {
+        let b = crate::events::backlog(&self.home)?;
+        let lock = self.home.events_lock().display().to_string();
+        let now = now_ms();
+        if b.waiting_seconds * 1000.0 >= self.held_warn_ms as f64
+            && self
+                .backlog_warned_ms
+                .is_none_or(|w| now.saturating_sub(w) >= super::monitor::HELD_REPEAT_MS)
+        {
+            self.backlog_warned_ms = Some(now);
+            tracing::warn!(
+                "{} event line(s) have waited {:.0} s for {lock}, held by another process: kept in memory and written in order once it is free",
+                b.lines,
+                b.waiting_seconds
+            );
+        }
+        Some(status::EventsBacklog {
+            lines: b.lines,
+            bytes: b.bytes,
+            waiting_seconds: super::resources::round1(b.waiting_seconds),
+            dropped: b.dropped,
+            lock,
+        })
     }
 
     /// Samples CPU and RSS of every local worker's process group (one `/proc` scan for all),
@@ -527,6 +576,19 @@ impl Monitor {
     /// Prometheus and the status file, and exit.
     pub fn run_once(&mut self) -> Result<()> {
         let started = std::time::Instant::now();
+        // One bounded wait for the event lock at the end of the pass, not one per event.
+        crate::events::defer_when_busy(&self.home)?;
+        let res = self.once_pass();
+        self.stop_deferring_events();
+        tracing::info!(
+            "one pass over {} active worker(s) in {:.0} ms",
+            self.workers.len(),
+            started.elapsed().as_secs_f64() * 1000.0
+        );
+        res
+    }
+
+    fn once_pass(&mut self) -> Result<()> {
         self.scan_all(true)?;
         if !self.bad.is_empty() {
             // Give a writer that is half-way through a file one chance to finish it.
@@ -568,11 +630,6 @@ impl Monitor {
                 tracing::warn!("cannot write {}: {e}", self.home.prom_path().display());
             }
         }
-        tracing::info!(
-            "one pass over {} active worker(s) in {:.0} ms",
-            self.workers.len(),
-            started.elapsed().as_secs_f64() * 1000.0
-        );
         Ok(())
     }
 }

@@ -25,6 +25,30 @@ pub enum Mode {
     Once,
 }
 
+/// A worker lock held by another process, as `monitor.json` lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct HeldLockReport {
+    pub worker_id: String,
+    /// The lock file's path.
+    pub lock: String,
+    /// Since when the monitor has found it held.
+    #[serde(with = "time::serde_ts")]
+    pub since: Timestamp,
+    pub held_seconds: f64,
+}
+
+/// Event lines the monitor could not write yet (the event lock is held).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EventsBacklog {
+    pub lines: usize,
+    pub bytes: usize,
+    pub waiting_seconds: f64,
+    /// Events refused because the in-memory backlog was full.
+    pub dropped: u64,
+    /// The lock file's path.
+    pub lock: String,
+}
+
 /// The content of `monitor.json`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct MonitorStatus {
@@ -40,6 +64,12 @@ pub struct MonitorStatus {
     pub version: String,
     pub workers_watched: usize,
     pub poll_interval_seconds: Option<f64>,
+    /// Worker locks another process has held past the warning time (as long as a CLI
+    /// would wait, `CORRAL_LOCK_TIMEOUT`): those workers' state cannot be recorded.
+    pub held_locks: Vec<HeldLockReport>,
+    /// Event lines waiting in memory for `.locks/events.lock` (held by another process);
+    /// `null` when none wait.
+    pub events_backlog: Option<EventsBacklog>,
     /// Set when the monitor ended cleanly; `null` while it runs (or after it crashed).
     #[serde(with = "time::serde_ts::option")]
     pub stopped_at: Option<Timestamp>,
@@ -64,6 +94,8 @@ impl MonitorStatus {
             version: env!("CARGO_PKG_VERSION").to_string(),
             workers_watched: 0,
             poll_interval_seconds,
+            held_locks: Vec::new(),
+            events_backlog: None,
             stopped_at: None,
         }
     }
@@ -137,6 +169,8 @@ mod tests {
             "version",
             "workers_watched",
             "poll_interval_seconds",
+            "held_locks",
+            "events_backlog",
         ] {
             assert!(v.get(k).is_some(), "{k} missing: {v}");
         }

@@ -600,3 +600,181 @@ fn the_status_file_says_who_watches_the_home() {
     assert_eq!(v["mode"], "once");
     assert!(v["stopped_at"].is_string());
 }
+
+/// `flock -x -o PATH sleep SECS` as a child the reaper kills, once it holds the lock.
+fn hold_lock(r: &Reaper, lock: &std::path::Path, secs: u32) -> Option<std::process::Child> {
+    if !crate::support::have_tool(
+        std::process::Command::new("flock")
+            .arg("--version")
+            .output()
+            .is_ok(),
+        "flock (util-linux)",
+    ) {
+        return None;
+    }
+    let holder = r.spawn(
+        // `-o`: the lock stays with flock itself (not its `sleep`), so killing it frees it.
+        std::process::Command::new("flock")
+            .args(["-x", "-o"])
+            .arg(lock)
+            .args(["sleep", &secs.to_string()])
+            .stdin(std::process::Stdio::null()),
+    );
+    let pid = holder.id() as i32;
+    assert!(
+        wait_until(T, || corral::process::lock_holders(lock).contains(&pid)),
+        "flock never took {}",
+        lock.display()
+    );
+    Some(holder)
+}
+
+/// S4: a held `.locks/events.lock` froze the loop ~10 s per event (one death settled every
+/// 10 s, `last_pass_at` standing still) and lost the events. Now the deaths are recorded at
+/// once while the lock is held, and every `worker_failed` is in the log, in order, as soon
+/// as the holder lets go.
+#[test]
+fn a_held_event_lock_neither_stalls_the_monitor_nor_loses_its_events() {
+    let s = Scene::new();
+    s.set_policy("restart.enabled", json!(false));
+    let r = Reaper::default();
+    let m = Monitor::start(&s, &[]);
+    let ids: Vec<String> = (0..3)
+        .map(|_| spawn_cmd(&s, &[], &["sleep", "300"]))
+        .collect();
+    let pids: Vec<i32> = ids.iter().map(|id| worker_pid(&s, id)).collect();
+    for p in &pids {
+        r.add(*p);
+    }
+    assert!(wait_until(T, || pids.iter().all(|p| m.watches(*p))));
+    let lock = s.coord().join(".locks/events.lock");
+    let Some(mut holder) = hold_lock(&r, &lock, 60) else {
+        return;
+    };
+    let t0 = Instant::now();
+    for p in &pids {
+        signal(*p, libc::SIGKILL);
+    }
+    assert!(
+        wait_until(Duration::from_secs(10), || ids
+            .iter()
+            .all(|id| s.dirs_of(id) == ["zombie"])),
+        "{}",
+        m.stderr()
+    );
+    let took = t0.elapsed();
+    assert!(
+        took < Duration::from_secs(3),
+        "three deaths took {took:?} to record while the event lock was held\n{}",
+        m.stderr()
+    );
+    // The lock is honoured: nothing was written under it.
+    assert!(s.events_of("worker_failed").is_empty());
+    assert!(!m.stderr().contains("cannot write"), "{}", m.stderr());
+    signal(holder.id() as i32, libc::SIGKILL);
+    let _ = holder.wait();
+    assert!(
+        wait_until(Duration::from_secs(5), || s
+            .events_of("worker_failed")
+            .len()
+            == 3),
+        "events lost after the lock was released\n{}",
+        m.stderr()
+    );
+    for id in &ids {
+        assert_eq!(events_for(&s, "worker_failed", id).len(), 1, "{id}");
+    }
+    // In the order the monitor recorded them: its own events' timestamps never go back,
+    // and the failures follow the order of the deaths' records in the specs.
+    let mine: Vec<String> = s
+        .events()
+        .into_iter()
+        .filter(|e| e["source"] == "heartbeat-monitor")
+        .map(|e| e["timestamp"].as_str().unwrap().to_string())
+        .collect();
+    assert!(mine.windows(2).all(|w| w[0] <= w[1]), "{mine:#?}");
+    let logged: Vec<String> = s
+        .events_of("worker_failed")
+        .iter()
+        .map(|e| e["worker_id"].as_str().unwrap().to_string())
+        .collect();
+    let mut recorded = ids.clone();
+    recorded.sort_by_key(|id| {
+        s.spec("zombie", id)["updated_at"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    });
+    assert_eq!(logged, recorded);
+}
+
+/// A held worker lock hid a dead worker: one INFO line that named no lock, never a warning,
+/// and `corral status` said ok. Now the lock is named, a warning follows once it has been
+/// held as long as a CLI would wait (`CORRAL_LOCK_TIMEOUT`), and `corral status` (through
+/// `metrics/monitor.json`) reports it until it is released.
+#[test]
+fn a_held_worker_lock_is_named_warned_about_and_reported_by_status() {
+    let mut s = Scene::new();
+    s.set_env("CORRAL_LOCK_TIMEOUT", "2");
+    s.set_policy("restart.enabled", json!(false));
+    let r = Reaper::default();
+    let m = Monitor::start(&s, &[]);
+    let id = spawn_cmd(&s, &[], &["sleep", "300"]);
+    let pid = worker_pid(&s, &id);
+    r.add(pid);
+    assert!(wait_until(T, || m.watches(pid)));
+    let lock = s.coord().join(".locks/workers").join(format!("{id}.lock"));
+    let Some(mut holder) = hold_lock(&r, &lock, 60) else {
+        return;
+    };
+    signal(pid, libc::SIGKILL);
+    let name = lock.display().to_string();
+    let warned = |log: &str| {
+        log.lines()
+            .any(|l| l.contains("WARN") && l.contains(&name) && l.contains("held"))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), || warned(&m.stderr())),
+        "no warning naming {name}\n{}",
+        m.stderr()
+    );
+    assert_eq!(
+        s.dirs_of(&id),
+        ["active"],
+        "its death cannot be recorded yet"
+    );
+    // `corral status` reports it as a problem (exit 10), naming the lock and the worker.
+    let reported = || {
+        let out = s.run("corral", &["status", "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+        out.status.code() == Some(10)
+            && v["monitor"]["status_file"]["held_locks"][0]["worker_id"] == json!(id)
+            && v["problems"]
+                .as_array()
+                .is_some_and(|p| p.iter().any(|p| p.as_str().unwrap_or("").contains(&name)))
+    };
+    assert!(
+        wait_until(Duration::from_secs(10), reported),
+        "{}",
+        m.stderr()
+    );
+    let out = s.run("corral", &["status"]);
+    let text = stdout(&out);
+    assert!(text.contains(&name) && text.contains("held"), "{text}");
+    // Released: the death is recorded, and the report clears.
+    signal(holder.id() as i32, libc::SIGKILL);
+    let _ = holder.wait();
+    assert!(
+        wait_until(T, || s.dirs_of(&id) == ["zombie"]),
+        "{}",
+        m.stderr()
+    );
+    assert!(
+        wait_until(Duration::from_secs(10), || crate::support::read_json(
+            &s.coord().join("metrics/monitor.json")
+        )["held_locks"]
+            == json!([])),
+        "{}",
+        m.stderr()
+    );
+}
