@@ -304,6 +304,15 @@ impl RestartState {
                 }
             }
         }
+        // Restarts the breaker held back were postponed to the reset time known then (a
+        // policy edited since may have brought it forward): they are due now, in the
+        // daemon and in `--once` alike (S6).
+        for pr in self.pending.values_mut() {
+            if out.contains(&pr.worker_type) && pr.blocked.is_some() && pr.due > now {
+                pr.due = now;
+                pr.blocked = None;
+            }
+        }
         out
     }
 
@@ -487,6 +496,29 @@ mod tests {
         assert!(e.tripped);
         assert_eq!(e.consecutive_failures, 3);
         assert_eq!(st.pending.len(), 2);
+    }
+
+    #[test]
+    fn a_restart_the_breaker_held_is_due_when_the_breaker_resets() {
+        let mut p = policy();
+        let mut st = RestartState::default();
+        let e = st
+            .on_failure(&failed("w0", 0, None), true, 5, &p, at("00:00"))
+            .unwrap();
+        let Decision::Scheduled(pr) = e.decision else {
+            panic!("{:?}", e.decision)
+        };
+        st.breakers.get_mut("test-worker").unwrap().open_since = Some(at("00:05"));
+        // Postponed to the reset known then (60 s after it opened), as the fire path does.
+        let held = st.pending.get_mut(&pr.failed_worker_id).unwrap();
+        held.due = at("01:05");
+        held.blocked = Some("circuit breaker open for test-worker".into());
+        // The policy brings the reset forward: at the new reset the restart is due at once.
+        p.breaker_reset_seconds = 2.0;
+        assert_eq!(st.reset_breakers(&p, at("00:07")), vec!["test-worker"]);
+        let held = &st.pending[&pr.failed_worker_id];
+        assert_eq!((held.due, held.blocked.clone()), (at("00:07"), None));
+        assert_eq!(st.due(at("00:07")), vec![pr.failed_worker_id.clone()]);
     }
 
     #[test]
