@@ -40,6 +40,29 @@ pub struct MonitorFile {
     pub version: Option<String>,
     pub workers_watched: Option<u64>,
     pub poll_interval_seconds: Option<f64>,
+    /// Worker locks another process held past the monitor's warning time.
+    #[serde(default)]
+    pub held_locks: Vec<HeldLockSeen>,
+    /// Event lines waiting in the monitor's memory for `.locks/events.lock`.
+    pub events_backlog: Option<BacklogSeen>,
+}
+
+/// A held worker lock, as the monitor reported it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct HeldLockSeen {
+    pub worker_id: String,
+    pub lock: String,
+    pub since: Option<String>,
+    pub held_seconds: Option<f64>,
+}
+
+/// The monitor's event backlog, as it reported it.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BacklogSeen {
+    pub lines: u64,
+    pub waiting_seconds: f64,
+    pub dropped: u64,
+    pub lock: String,
 }
 
 /// Whether a heartbeat monitor watches this home.
@@ -143,7 +166,83 @@ fn read_monitor_file(home: &Home) -> Option<MonitorFile> {
         version: s("version").or_else(|| v.get("version").map(|x| x.to_string())),
         workers_watched: v.get("workers_watched").and_then(Value::as_u64),
         poll_interval_seconds: v.get("poll_interval_seconds").and_then(Value::as_f64),
+        held_locks: v
+            .get("held_locks")
+            .and_then(Value::as_array)
+            .map(|a| {
+                a.iter()
+                    .filter_map(|h| {
+                        Some(HeldLockSeen {
+                            worker_id: h.get("worker_id")?.as_str()?.to_string(),
+                            lock: h.get("lock")?.as_str()?.to_string(),
+                            since: h.get("since").and_then(Value::as_str).map(String::from),
+                            held_seconds: h.get("held_seconds").and_then(Value::as_f64),
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        events_backlog: v
+            .get("events_backlog")
+            .filter(|b| b.is_object())
+            .map(|b| BacklogSeen {
+                lines: b.get("lines").and_then(Value::as_u64).unwrap_or(0),
+                waiting_seconds: b
+                    .get("waiting_seconds")
+                    .and_then(Value::as_f64)
+                    .unwrap_or(0.0),
+                dropped: b.get("dropped").and_then(Value::as_u64).unwrap_or(0),
+                lock: b
+                    .get("lock")
+                    .and_then(Value::as_str)
+                    .unwrap_or_default()
+                    .to_string(),
+            }),
     })
+}
+
+/// Seconds a lock the monitor reported has been held, counted to `now` from its `since`
+/// (the status file is written every few seconds), else as reported.
+fn held_for(h: &HeldLockSeen, now: Timestamp) -> f64 {
+    h.since
+        .as_deref()
+        .and_then(|t| time::parse(t).ok())
+        .map(|t| time::secs_between(t, now).max(0.0))
+        .or(h.held_seconds)
+        .unwrap_or(0.0)
+}
+
+/// Problems the running monitor reported about locks other processes hold.
+fn lock_problems(m: &MonitorState, now: Timestamp, problems: &mut Vec<String>) {
+    // Only a live monitor's report is current; a dead one's file says nothing of now.
+    let Some(f) = m.status_file.as_ref().filter(|_| m.running && !m.stalled) else {
+        return;
+    };
+    for h in &f.held_locks {
+        problems.push(format!(
+            "worker lock {} held by another process for {:.0}s: the monitor cannot record what happens to {} (a dead worker looks alive) until it is released",
+            h.lock,
+            held_for(h, now),
+            h.worker_id
+        ));
+    }
+    if let Some(b) = f
+        .events_backlog
+        .as_ref()
+        .filter(|b| b.lines > 0 || b.dropped > 0)
+    {
+        problems.push(format!(
+            "{} event line(s) waiting {:.0}s in the monitor's memory for {}, held by another process{}",
+            b.lines,
+            b.waiting_seconds,
+            b.lock,
+            if b.dropped > 0 {
+                format!("; {} event(s) dropped (backlog full)", b.dropped)
+            } else {
+                String::new()
+            }
+        ));
+    }
 }
 
 /// `(running, evidence, pid)`. The lock file is opened without creating it: a status query
@@ -333,6 +432,7 @@ pub fn gather(home: &Home, now: Timestamp) -> Result<Status> {
             )
         });
     }
+    lock_problems(&monitor, now, &mut problems);
     let unresponsive = attention
         .iter()
         .filter(|a| a.health == "unresponsive")
@@ -709,6 +809,21 @@ pub fn render(s: &Status) -> String {
                 .map(|x| format!("{} ago", dur(x)))
                 .unwrap_or_else(|| "never".into())
         ));
+    }
+    if m.running && !m.stalled {
+        for (i, h) in f.held_locks.iter().enumerate() {
+            out.push(format!(
+                "{}{} held {} (worker {})",
+                if i == 0 {
+                    "locks       "
+                } else {
+                    "            "
+                },
+                h.lock,
+                dur(held_for(h, s.generated_at)),
+                show(&h.worker_id)
+            ));
+        }
     }
     out.push(format!("quarantine  {} file(s)", s.quarantined_files));
     let open: Vec<String> = s

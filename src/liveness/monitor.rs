@@ -209,10 +209,41 @@ pub struct Monitor {
     pub next_summary_ms: i64,
     pub last_maintain_error: Option<String>,
     pub shutdown: bool,
+    /// Worker locks found held by another process, by worker, until seen free.
+    pub held: HashMap<String, HeldLock>,
+    /// See [`held_warn_ms`].
+    pub held_warn_ms: i64,
+    /// When the last warning about event lines waiting for the event lock was logged.
+    pub backlog_warned_ms: Option<i64>,
 }
 
 /// How long the exit of an unknown child is kept for a launch to claim it.
 pub const UNCLAIMED_MS: i64 = 60_000;
+
+/// How often the warning about a worker lock that stays held is repeated.
+pub const HELD_REPEAT_MS: i64 = 60_000;
+
+/// A worker lock the monitor found held by another process (S4: it never waits for it).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HeldLock {
+    /// When the monitor first found it held (ms since the epoch).
+    pub since_ms: i64,
+    /// When the last warning about it was logged.
+    pub warned_ms: Option<i64>,
+    /// When it was last found held. A busy worker is retried at least every
+    /// [`actions::RETRY_MAX_MS`], so a longer gap means it was free in between.
+    pub last_ms: i64,
+}
+
+/// After how long a held worker lock is warned about: as long as a CLI would wait for it
+/// (`CORRAL_LOCK_TIMEOUT`, default 10 s, kept within 1 s … 60 s). Past that, the CLIs that
+/// need it fail too, and the worker's state (a death, a stale heartbeat) cannot be recorded.
+pub fn held_warn_ms() -> i64 {
+    crate::store::lock_timeout()
+        .map(|d| d.as_millis().min(i64::MAX as u128) as i64)
+        .unwrap_or((crate::store::DEFAULT_LOCK_TIMEOUT_SECS * 1000.0) as i64)
+        .clamp(1_000, 60_000)
+}
 
 /// Milliseconds since the epoch.
 pub fn ms(t: Timestamp) -> i64 {
@@ -284,6 +315,9 @@ impl Monitor {
             next_summary_ms: 0,
             last_maintain_error: None,
             shutdown: false,
+            held: HashMap::new(),
+            held_warn_ms: held_warn_ms(),
+            backlog_warned_ms: None,
         })
     }
 
@@ -293,11 +327,99 @@ impl Monitor {
             w.busy = w.busy.saturating_add(1);
             w.busy - 1
         });
-        if n == 0 {
-            tracing::info!("{id}: its lock is held by someone else; coming back to it");
-        }
+        self.note_held(id);
         self.timers
             .set(key, now_ms().saturating_add(actions::retry_delay_ms(n)));
+    }
+
+    /// Worker `id`'s lock was found held by another process: said once at info, then
+    /// warned about once it has been held past [`Monitor::held_warn_ms`] (and again every
+    /// [`HELD_REPEAT_MS`] while it stays held), and listed in `metrics/monitor.json`, which
+    /// `corral status` reports: while it is held, a death or a stale heartbeat of that worker
+    /// cannot be recorded.
+    pub fn note_held(&mut self, id: &str) {
+        let now = now_ms();
+        let lock = self.home.worker_lock(id);
+        if self.held.get(id).is_some_and(|h| {
+            now.saturating_sub(h.last_ms) > actions::RETRY_MAX_MS.saturating_mul(3)
+        }) {
+            // Free in between: a new episode.
+            self.lock_released(id);
+        }
+        let h = self.held.entry(id.to_string()).or_insert_with(|| {
+            tracing::info!(
+                "{id}: its lock {} is held by another process; coming back to it (every other worker is still watched)",
+                lock.display()
+            );
+            HeldLock {
+                since_ms: now,
+                warned_ms: None,
+                last_ms: now,
+            }
+        });
+        h.last_ms = now;
+        let held_ms = now.saturating_sub(h.since_ms);
+        if held_ms < self.held_warn_ms
+            || h.warned_ms
+                .is_some_and(|w| now.saturating_sub(w) < HELD_REPEAT_MS)
+        {
+            return;
+        }
+        let first = h.warned_ms.is_none();
+        h.warned_ms = Some(now);
+        tracing::warn!(
+            "{id}: its lock {} has been held by another process for {:.0} s: what happens to this worker (its death, a stale heartbeat) cannot be recorded until the holder lets go",
+            lock.display(),
+            held_ms as f64 / 1000.0
+        );
+        if first && self.daemon {
+            // Into metrics/monitor.json (and so `corral status`) now, not at the next write.
+            self.timers.set(Timer::Status, now);
+        }
+    }
+
+    /// Worker `id`'s lock is no longer known held (it was taken, or the worker is gone).
+    pub fn lock_released(&mut self, id: &str) {
+        if let Some(h) = self.held.remove(id) {
+            if h.warned_ms.is_some() {
+                tracing::info!(
+                    "{id}: its lock {} is free again after {:.0} s",
+                    self.home.worker_lock(id).display(),
+                    now_ms().saturating_sub(h.since_ms) as f64 / 1000.0
+                );
+            }
+        }
+    }
+
+    /// Forgets held locks that are free again or whose worker is no longer watched.
+    pub fn sweep_held(&mut self) {
+        let ids: Vec<String> = self.held.keys().cloned().collect();
+        for id in ids {
+            if !self.workers.contains_key(&id) || actions::probe(&self.home, &id) {
+                self.lock_released(&id);
+            }
+        }
+    }
+
+    /// The held locks worth an operator's attention (held past the warning time).
+    pub fn held_report(&self) -> Vec<status::HeldLockReport> {
+        let (now, at) = (now_ms(), time::now());
+        let mut v: Vec<status::HeldLockReport> = self
+            .held
+            .iter()
+            .filter(|(_, h)| h.warned_ms.is_some())
+            .map(|(id, h)| {
+                let held = now.saturating_sub(h.since_ms) as f64 / 1000.0;
+                status::HeldLockReport {
+                    worker_id: id.clone(),
+                    lock: self.home.worker_lock(id).display().to_string(),
+                    since: time::add_secs(at, -held),
+                    held_seconds: super::resources::round1(held),
+                }
+            })
+            .collect();
+        v.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
+        v
     }
 
     /// A worker is no longer active: forget it and stop watching its process.
@@ -439,6 +561,7 @@ impl Monitor {
                     w.key = key;
                     w.busy = 0;
                 }
+                self.lock_released(id);
                 Step::Again
             }
             Outcome::Busy => {

@@ -222,10 +222,13 @@ impl Monitor {
                     dir.name()
                 );
             }
-            Outcome::Busy => self.timers.set(
-                Timer::Recheck(dir, format!("{id}.json")),
-                now_ms().saturating_add(actions::RETRY_MAX_MS),
-            ),
+            Outcome::Busy => {
+                self.note_held(id);
+                self.timers.set(
+                    Timer::Recheck(dir, format!("{id}.json")),
+                    now_ms().saturating_add(actions::RETRY_MAX_MS),
+                )
+            }
             Outcome::Moved => self.refresh_id(id),
             Outcome::Failed(e) => tracing::warn!("{id}: cannot finish its move: {e}"),
         }
@@ -338,10 +341,13 @@ impl Monitor {
     /// S8: a `last_seen` in the future is rewritten to now (and said once).
     fn clamp_clock(&mut self, id: &str, now: Timestamp) {
         match actions::clamp_future(&self.home, id, now) {
-            Outcome::Busy => self.timers.set(
-                Timer::Recheck(StateDir::Active, format!("{id}.json")),
-                now_ms().saturating_add(actions::RETRY_MIN_MS),
-            ),
+            Outcome::Busy => {
+                self.note_held(id);
+                self.timers.set(
+                    Timer::Recheck(StateDir::Active, format!("{id}.json")),
+                    now_ms().saturating_add(actions::RETRY_MIN_MS),
+                )
+            }
             Outcome::Failed(e) => tracing::warn!("{id}: cannot correct its last_seen: {e}"),
             Outcome::Done(_) | Outcome::Moved => {}
         }
@@ -356,6 +362,7 @@ impl Monitor {
             }
         }
         self.polled.remove(id);
+        self.lock_released(id);
         self.timers.cancel(&Timer::Judge(id.to_string()));
         self.timers.cancel(&Timer::Settle(id.to_string()));
     }
