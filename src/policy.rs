@@ -210,10 +210,95 @@ impl HeartbeatPolicy {
     /// Validates and loads a policy document.
     pub fn from_value(doc: Value) -> Result<HeartbeatPolicy> {
         schema::validate(Kind::HeartbeatPolicy, &doc)?;
-        serde_json::from_value(doc)
-            .map_err(|e| Error::Invalid(format!("invalid heartbeat policy: {e}")))
+        let p: HeartbeatPolicy = serde_json::from_value(doc)
+            .map_err(|e| Error::Invalid(format!("invalid heartbeat policy: {e}")))?;
+        p.check_ranges()?;
+        Ok(p)
+    }
+
+    /// The lower bounds the schema cannot say (DESIGN §6 S5): a liveness threshold of 0 (or
+    /// 1e-300) declares every beating worker dead at once, and a monitor interval that small
+    /// spins a core. Refused with the key and the accepted range named (exit 6).
+    pub fn check_ranges(&self) -> Result<()> {
+        let max = crate::time::MAX_SECONDS;
+        let at_least = |key: &str, v: f64, min: f64| {
+            if v >= min {
+                return Ok(());
+            }
+            Err(Error::Invalid(format!(
+                "invalid heartbeat policy: /{key}: {v} is out of range: at least {min} s (up to {max} s)"
+            )))
+        };
+        let zero_or_at_least = |key: &str, v: f64, min: f64| {
+            if v == 0.0 || v >= min {
+                return Ok(());
+            }
+            Err(Error::Invalid(format!(
+                "invalid heartbeat policy: /{key}: {v} is out of range: 0 (off) or at least {min} s (up to {max} s)"
+            )))
+        };
+        at_least(
+            "warning_seconds",
+            self.warning_seconds,
+            MIN_THRESHOLD_SECONDS,
+        )?;
+        at_least(
+            "critical_seconds",
+            self.critical_seconds,
+            MIN_THRESHOLD_SECONDS,
+        )?;
+        at_least("zombie_seconds", self.zombie_seconds, MIN_THRESHOLD_SECONDS)?;
+        at_least(
+            "pending_timeout_seconds",
+            self.pending_timeout_seconds,
+            MIN_THRESHOLD_SECONDS,
+        )?;
+        zero_or_at_least(
+            "heartbeat_interval_seconds",
+            self.heartbeat_interval_seconds,
+            MIN_THRESHOLD_SECONDS,
+        )?;
+        zero_or_at_least(
+            "idle_timeout_seconds",
+            self.idle_timeout_seconds,
+            MIN_THRESHOLD_SECONDS,
+        )?;
+        // The monitor's own keys (flags `--poll-interval`, `--sample-interval`); `null`
+        // (as `--print-config` shows an unset poll interval) is the default.
+        for (key, min) in [
+            ("poll_interval_seconds", MIN_MONITOR_INTERVAL_SECONDS),
+            ("sample_interval_seconds", MIN_MONITOR_INTERVAL_SECONDS),
+            ("maintain_interval_seconds", MIN_MAINTAIN_INTERVAL_SECONDS),
+        ] {
+            match self.extra.get(key) {
+                None | Some(Value::Null) => {}
+                Some(Value::Number(n)) => {
+                    let v = n.as_f64().unwrap_or(f64::NAN);
+                    if !(min..=max).contains(&v) {
+                        return Err(Error::Invalid(format!(
+                            "invalid heartbeat policy: /{key}: {v} is out of range: {min} to {max} s"
+                        )));
+                    }
+                }
+                Some(other) => {
+                    return Err(Error::Invalid(format!(
+                        "invalid heartbeat policy: /{key}: {other} is not a number of seconds ({min} to {max})"
+                    )))
+                }
+            }
+        }
+        Ok(())
     }
 }
+
+/// The shortest heartbeat threshold (`warning_seconds`, `critical_seconds`,
+/// `zombie_seconds`, `pending_timeout_seconds`; `heartbeat_interval_seconds` and
+/// `idle_timeout_seconds` unless 0 = off).
+pub const MIN_THRESHOLD_SECONDS: f64 = 0.1;
+/// The shortest poll and sample intervals of the monitor.
+pub const MIN_MONITOR_INTERVAL_SECONDS: f64 = 0.1;
+/// The shortest queue maintenance interval of the monitor.
+pub const MIN_MAINTAIN_INTERVAL_SECONDS: f64 = 0.05;
 
 /// Defaults for one worker type.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Default)]
@@ -373,6 +458,76 @@ mod tests {
         assert!(HeartbeatPolicy::from_value(doc).is_err());
         let ok = json!({"zombie_seconds": crate::time::MAX_SECONDS});
         assert!(HeartbeatPolicy::from_value(ok).is_ok());
+    }
+
+    #[test]
+    fn thresholds_that_would_kill_a_healthy_fleet_are_refused_naming_the_key() {
+        for (doc, key) in [
+            (json!({"zombie_seconds": 0}), "/zombie_seconds"),
+            (json!({"warning_seconds": 1e-300}), "/warning_seconds"),
+            (json!({"critical_seconds": 0.0}), "/critical_seconds"),
+            (
+                json!({"pending_timeout_seconds": 0.05}),
+                "/pending_timeout_seconds",
+            ),
+            (
+                json!({"heartbeat_interval_seconds": 1e-300}),
+                "/heartbeat_interval_seconds",
+            ),
+            (
+                json!({"idle_timeout_seconds": 0.001}),
+                "/idle_timeout_seconds",
+            ),
+            (
+                json!({"poll_interval_seconds": 0.0001}),
+                "/poll_interval_seconds",
+            ),
+            (
+                json!({"poll_interval_seconds": 0}),
+                "/poll_interval_seconds",
+            ),
+            (
+                json!({"poll_interval_seconds": -5}),
+                "/poll_interval_seconds",
+            ),
+            (
+                json!({"poll_interval_seconds": 1e13}),
+                "/poll_interval_seconds",
+            ),
+            (
+                json!({"poll_interval_seconds": "2s"}),
+                "/poll_interval_seconds",
+            ),
+            (
+                json!({"sample_interval_seconds": -5}),
+                "/sample_interval_seconds",
+            ),
+            (
+                json!({"maintain_interval_seconds": 0}),
+                "/maintain_interval_seconds",
+            ),
+        ] {
+            let err = HeartbeatPolicy::from_value(doc.clone()).unwrap_err();
+            assert_eq!(err.exit_code(), 6, "{doc}");
+            let msg = err.to_string();
+            assert!(
+                msg.contains(key) && (msg.contains("range") || msg.contains("number")),
+                "{msg}"
+            );
+            assert!(!msg.contains('\n'), "one line: {msg}");
+        }
+        // The short thresholds tests and demos use, 0 = off, and an unset poll interval.
+        for doc in [
+            json!({"heartbeat_interval_seconds": 0.5, "warning_seconds": 1, "critical_seconds": 2,
+                   "zombie_seconds": 3.5, "pending_timeout_seconds": 1}),
+            json!({"zombie_seconds": 2, "warning_seconds": 100, "critical_seconds": 200}),
+            json!({"idle_timeout_seconds": 0, "heartbeat_interval_seconds": 0}),
+            json!({"poll_interval_seconds": null, "sample_interval_seconds": 0.2,
+                   "maintain_interval_seconds": 0.05}),
+            json!({"zombie_seconds": 0.1}),
+        ] {
+            HeartbeatPolicy::from_value(doc.clone()).unwrap_or_else(|e| panic!("{doc}: {e}"));
+        }
     }
 
     #[test]

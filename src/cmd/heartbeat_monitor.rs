@@ -71,6 +71,38 @@ pub struct Cli {
 }
 
 impl Cli {
+    /// The duration flags that were given, by flag name.
+    fn durations(&self) -> [(&'static str, Option<f64>); 9] {
+        [
+            ("--poll-interval", self.poll_interval),
+            (
+                "--heartbeat-interval-seconds",
+                self.heartbeat_interval_seconds,
+            ),
+            ("--warning-seconds", self.warning_seconds),
+            ("--critical-seconds", self.critical_seconds),
+            ("--zombie-seconds", self.zombie_seconds),
+            ("--pending-timeout-seconds", self.pending_timeout_seconds),
+            ("--idle-timeout-seconds", self.idle_timeout_seconds),
+            ("--grace-seconds", self.grace_seconds),
+            ("--sample-interval", self.sample_interval),
+        ]
+    }
+
+    /// NaN and infinity parse as numbers but are no duration (JSON has neither: they would
+    /// become `null`, which reads as "not set"). Ranges are the policy's ([`crate::policy`]),
+    /// checked on the merged policy (exit 6 naming the key).
+    pub fn check(&self) -> Result<()> {
+        for (flag, v) in self.durations() {
+            if let Some(x) = v.filter(|x| !x.is_finite()) {
+                return Err(crate::error::Error::Invalid(format!(
+                    "{flag} {x}: not a number of seconds"
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// The flags that were given, as policy keys.
     pub fn overrides(&self) -> Vec<(String, Value)> {
         let mut v: Vec<(String, Value)> = [
@@ -107,6 +139,10 @@ pub fn main() -> ExitCode {
 }
 
 fn run(cli: Cli) -> Result<()> {
+    if let Err(e) = cli.check() {
+        cli::init_logging(&cli.global);
+        return Err(e);
+    }
     let overrides = cli.overrides();
     if cli.print_config {
         cli::init_logging(&cli.global);

@@ -180,3 +180,74 @@ fn the_daemon_requeues_a_lapsed_lease_when_it_lapses() {
     );
     assert_eq!(m.terminate().code(), Some(0), "{}", m.stderr());
 }
+
+/// S5: `CORRAL_HEARTBEAT__ZOMBIE_SECONDS=0 heartbeat-monitor --once` SIGTERMed a beating
+/// fleet, and `--poll-interval` 0.0001 (a spinning core), -5, NaN, inf or 0 were accepted.
+/// Each is refused with exit 6 and one line naming the key, and nothing is touched.
+#[test]
+fn thresholds_and_intervals_out_of_range_are_refused_and_the_fleet_is_left_alone() {
+    let s = Scene::new();
+    let r = Reaper::default();
+    let (id, pid) = spawn_sh(&s, &r, &[], "exec sleep 300");
+    s.ok("heartbeat", &[&id]);
+    let refused = |env: Option<(&str, &str)>, args: &[&str], key: &str| {
+        let mut c = s.cmd("heartbeat-monitor");
+        c.args(args);
+        if let Some((k, v)) = env {
+            c.env(k, v);
+        }
+        let out = crate::support::run_with_timeout(&mut c, Duration::from_secs(60));
+        let err = crate::support::stderr(&out);
+        assert_eq!(
+            out.status.code(),
+            Some(6),
+            "{env:?} {args:?} was accepted\n{err}"
+        );
+        let first = err.lines().next().unwrap_or_default();
+        assert!(
+            first.starts_with("error: ") && first.contains(key),
+            "{env:?} {args:?}: {err}"
+        );
+    };
+    for key in [
+        "ZOMBIE_SECONDS",
+        "WARNING_SECONDS",
+        "CRITICAL_SECONDS",
+        "PENDING_TIMEOUT_SECONDS",
+    ] {
+        for v in ["0", "1e-300"] {
+            let var = format!("CORRAL_HEARTBEAT__{key}");
+            refused(Some((&var, v)), &["--once"], &key.to_ascii_lowercase());
+        }
+    }
+    for v in ["0.0001", "-5", "0", "1e13"] {
+        refused(
+            None,
+            &["--once", &format!("--poll-interval={v}")],
+            "poll_interval",
+        );
+    }
+    for v in ["NaN", "inf"] {
+        refused(
+            None,
+            &["--once", &format!("--poll-interval={v}")],
+            "--poll-interval",
+        );
+    }
+    refused(
+        None,
+        &["--print-config", "--poll-interval=0"],
+        "poll_interval",
+    );
+    refused(None, &["--once", "--sample-interval=-5"], "sample_interval");
+    refused(None, &["--once", "--zombie-seconds=0"], "zombie_seconds");
+    // The healthy worker was never touched.
+    assert_eq!(s.dirs_of(&id), ["active"]);
+    assert!(alive(pid), "still running");
+    assert!(s.events_of("worker_stopping").is_empty());
+    // Short thresholds in range still work.
+    s.ok(
+        "heartbeat-monitor",
+        &["--once", "--zombie-seconds", "60", "--poll-interval", "0.1"],
+    );
+}
