@@ -46,6 +46,7 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
     let mut seen: BTreeMap<String, Vec<(StateDir, Status)>> = BTreeMap::new();
     let mut launched_active = 0u64;
     let mut refused = Vec::new();
+    let mut unrecorded = Vec::new();
     let mut listing = Vec::new();
     for dir in StateDir::ALL {
         let Ok(rd) = std::fs::read_dir(home.specs_dir(dir)) else {
@@ -78,6 +79,12 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
                     if dir == StateDir::Active && s.process.as_ref().is_some_and(|p| p.is_local()) {
                         launched_active += 1;
                     }
+                    if dir == StateDir::Active && s.process.is_none() && s.launch.is_some() {
+                        let proof = crate::process::Proof::new(id, home.alive_lock(id));
+                        if let Some(pid) = crate::process::unrecorded_launch(&proof) {
+                            unrecorded.push((id.to_string(), pid, p.clone()));
+                        }
+                    }
                     seen.entry(id.to_string())
                         .or_default()
                         .push((dir, s.status))
@@ -91,6 +98,22 @@ pub fn run(home: &Home, fix: bool) -> Result<Vec<Finding>> {
     progress.finish();
     for (kind, p, why) in refused {
         out.push(bad(home, fix, kind, &p, why)?);
+    }
+    // A launch whose launcher died before recording it: the process runs with the proofs
+    // of being this worker, and nothing on record can reach it.
+    for (id, pid, p) in unrecorded {
+        out.push(Finding {
+            kind: "unrecorded_process",
+            path: p.display().to_string(),
+            detail: format!(
+                "pid {pid} holds the liveness lock of {id} and carries its id, but the spec \
+                 has no process (its launcher died before recording it)"
+            ),
+            fixed: fix
+                .then(|| crate::stop::recover_launch(home, &id))
+                .flatten()
+                .map(|_| "recorded in the spec".to_string()),
+        });
     }
     for (id, copies) in &seen {
         // The furthest state is the truth: a move renames forward, never back.

@@ -350,6 +350,19 @@ fn a_launch_whose_spawner_died_before_recording_it_can_still_be_stopped() {
     let c2 = s.run("heartbeat-monitor", &["--once", "-q"]);
     assert_eq!(c2.status.code(), Some(0), "{}", stderr(&c2));
     assert_eq!(s.dirs_of(&id), ["zombie"], "{}", s.tree());
+
+    // Doctor reports such a worker (it said ok), and --fix records its process.
+    let (id, pid) = unrecorded_worker(&s, &r);
+    let out = s.code("corral", &["doctor"], 10);
+    assert!(
+        stdout(&out).contains("unrecorded_process") && stdout(&out).contains(&id),
+        "{}",
+        stdout(&out)
+    );
+    s.run("corral", &["doctor", "--fix"]);
+    assert_eq!(s.spec("active", &id)["process"]["pid"], pid);
+    s.ok("stop-worker", &[&id, "--grace", "2"]);
+    assert!(wait_until(Duration::from_secs(10), || !alive(pid)));
 }
 
 /// Case 4, forged: a spec planted in `zombie/` carrying the pid, start time and boot id of
