@@ -112,7 +112,7 @@ pub enum Command {
     Purge(PurgeArgs),
     /// The worker loop: claim, run CMD with the task on stdin, complete or fail, repeat.
     #[command(
-        after_help = "Examples:\n  task-queue work --worker worker-1 --class llm -- ./handle.sh\n  task-queue work --worker w --max-tasks 10 --idle-exit 60 --task-timeout 5m -- python3 job.py\n\nCMD runs as argv (no shell), in its own process group, with the task JSON on stdin and\nCORRAL_TASK_ID, CORRAL_TASK_CLASS, CORRAL_WORKER_ID in its environment. Exit 0 completes\nthe task (stdout is the result: JSON if it parses, else a string); any other exit fails\nit. A task's timeout_seconds (or --task-timeout) stops a command that runs too long; a\ncancelled task's command is stopped (SIGTERM, then SIGKILL after --kill-grace).\nSIGTERM: the running CMD gets SIGTERM; if it then exits 0 the task completes,\notherwise it is requeued; then the loop exits 0. A CMD that cannot start is refused\nbefore any claim (exit 6); one that stops being startable gives its task back and ends\nthe loop. CMD's stderr is framed per task by\n`--- corral task <id> start <time>` and `--- corral task <id> end <time> exit=<c> outcome=<o>`."
+        after_help = "Examples:\n  task-queue work --worker worker-1 --class llm -- ./handle.sh\n  task-queue work --worker w --max-tasks 10 --idle-exit 60 --task-timeout 5m -- python3 job.py\n\nCMD runs as argv (no shell), in its own process group, with the task JSON on stdin and\nCORRAL_TASK_ID, CORRAL_TASK_CLASS, CORRAL_WORKER_ID in its environment. Exit 0 completes\nthe task (stdout is the result: JSON if it parses, else a string); any other exit fails\nit. A task's timeout_seconds (or --task-timeout) stops a command that runs too long; a\ncancelled task's command is stopped (SIGTERM, then SIGKILL after --kill-grace), as is\nthe command of a task taken from the loop (requeued, lease lapsed): nothing is recorded.\nCMD dies with the loop (parent-death SIGKILL); a task run before is only run again once\nno process here still carries its CORRAL_TASK_ID.\nSIGTERM: the running CMD gets SIGTERM; if it then exits 0 the task completes,\notherwise it is requeued; then the loop exits 0. A CMD that cannot start is refused\nbefore any claim (exit 6); one that stops being startable gives its task back and ends\nthe loop. CMD's stderr is framed per task by\n`--- corral task <id> start <time>` and `--- corral task <id> end <time> exit=<c> outcome=<o>`."
     )]
     Work(WorkArgs),
 }
@@ -346,6 +346,10 @@ pub struct StatsArgs {
 pub struct ShowArgs {
     /// The task id, or a unique prefix of it.
     pub task: String,
+    /// json (the default: the task file, pretty-printed), jsonl (the same on one line) or
+    /// table (one `field: value` line per field, nested values as compact JSON).
+    #[arg(long, value_enum)]
+    pub format: Option<Format>,
 }
 
 /// `purge` flags.
@@ -435,11 +439,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Wait(a) => wait(&home, a),
         Command::List(a) => list(&home, a),
         Command::Stats(a) => stats(&home, a),
-        Command::Show(a) => cli::out_json(
-            &queue::find(&home, &task_id(&home, &a.task)?)?
-                .task
-                .to_value()?,
-        ),
+        Command::Show(a) => show(&home, a),
         Command::Purge(a) => purge(&home, a),
         Command::Work(a) => work(&home, a),
     }
@@ -500,6 +500,39 @@ fn json_arg(what: &str, text: Option<&str>, file: Option<&str>) -> Result<Option
     serde_json::from_slice(&bytes)
         .map(Some)
         .map_err(|e| Error::Invalid(format!("{what} is not valid JSON: {e}")))
+}
+
+/// `show`: the task file as JSON unless `--format table` asks for `field: value` lines.
+fn show(home: &Home, a: ShowArgs) -> Result<()> {
+    let v = queue::find(home, &task_id(home, &a.task)?)?
+        .task
+        .to_value()?;
+    match a.format.unwrap_or(Format::Json) {
+        Format::Json => cli::out_json(&v),
+        Format::Jsonl => cli::out_jsonl(&v),
+        Format::Table => cli::out(show_table(&v)),
+    }
+}
+
+/// One `field: value` line per top-level field of the task, in the file's order: strings
+/// as they are (escaped as `list` shows names: control characters and newlines never reach
+/// the terminal raw, a field is always one line), other values as compact JSON (escaped
+/// the same way).
+fn show_table(v: &Value) -> String {
+    let Some(m) = v.as_object() else {
+        return v.to_string();
+    };
+    let width = m.keys().map(|k| k.len()).max().unwrap_or(0) + 1;
+    let mut out = String::new();
+    for (k, x) in m {
+        let text = match x {
+            Value::String(s) => crate::view::term::escape_line(s).into_owned(),
+            other => crate::view::term::escape_line(&other.to_string()).into_owned(),
+        };
+        out.push_str(&format!("{:<width$} {text}\n", format!("{k}:")));
+    }
+    out.pop();
+    out
 }
 
 fn print_task(format: Format, t: &Task) -> Result<()> {

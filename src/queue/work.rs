@@ -8,15 +8,26 @@
 //! heartbeat. The command runs in its own process group, so a stop, a cancel or a timeout
 //! signals everything it started: SIGTERM, then SIGKILL after `kill_grace`.
 //!
-//! Outcomes: exit 0 completes (stdout is the result: JSON if it parses, else a string); any
-//! other exit fails (retry or dead letter); a timeout fails with `task_timed_out`; a
-//! cancellation records `task_cancelled`; a stop requeues the task unless the command still
-//! exited 0. The command's stderr goes where the loop's does (a launched worker's log), between
-//! two marker lines per task:
+//! One task, one run at a time (a run outliving its claim would overlap the next one):
+//! - a task taken from the loop while its command runs (requeued by hand or by maintenance,
+//!   claimed by another, its lease not renewable) stops the command the same way and
+//!   records nothing (`outcome=lost`);
+//! - the command gets SIGKILL from the kernel when the loop dies (`PR_SET_PDEATHSIG`, set
+//!   in the child before exec; the loop's one thread spawns and waits for every command);
+//! - that reaches the command only, not its children, so a task claimed before is run
+//!   only once no process of this host still carries its `CORRAL_TASK_ID` (`leftovers`:
+//!   SIGTERM, `kill_grace`, SIGKILL).
+//!
+//! Outcomes: exit 0 completes (stdout is the result: JSON if it parses, else a string; past
+//! 1 MiB a marker with the size of all of it); any other exit fails (retry or dead letter);
+//! a timeout fails with `task_timed_out`; a cancellation records `task_cancelled`; a stop
+//! requeues the task unless the command still exited 0; a lost task records nothing. The
+//! command's stderr goes where the loop's does (a launched worker's log), between two
+//! marker lines per task:
 //!
 //! ```text
 //! --- corral task <task_id> start <rfc3339>
-//! --- corral task <task_id> end <rfc3339> exit=<code|signal:N> outcome=<completed|failed|requeued|cancelled|timed_out>
+//! --- corral task <task_id> end <rfc3339> exit=<code|signal:N> outcome=<completed|failed|requeued|cancelled|timed_out|lost>
 //! ```
 //!
 //! Durability: a claim costs no sync; recording an outcome syncs the new content before it
@@ -40,6 +51,7 @@ use super::{layout, task_event};
 use crate::error::{Error, Result};
 use crate::events::EventType;
 use crate::home::{Home, TaskState};
+use crate::store::ReadError;
 use crate::time;
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::signal::Signal;
@@ -131,6 +143,9 @@ pub struct WorkSummary {
     pub requeued: u64,
     pub cancelled: u64,
     pub timed_out: u64,
+    /// Tasks taken from the loop while their command ran (requeued, claimed by another):
+    /// their command was stopped and no outcome recorded.
+    pub lost: u64,
     /// The loop ended because its spec left `active/` (or was told to shut down).
     pub worker_gone: bool,
     /// The loop ended on a stop request.
@@ -158,6 +173,9 @@ enum StopReason {
     Timeout,
     /// The command could not be started: the task goes back, the loop ends.
     Unrunnable,
+    /// The task is no longer this loop's (requeued by hand or by maintenance, claimed by
+    /// another, moved on): the command is stopped and nothing is recorded.
+    Lost,
 }
 
 /// How a run of the command ended.
@@ -165,6 +183,8 @@ struct Outcome {
     code: Option<i32>,
     signal: Option<i32>,
     stdout: Vec<u8>,
+    /// Bytes the command printed on stdout (all of them, kept or not).
+    stdout_bytes: u64,
     truncated: bool,
     stopped: Option<StopReason>,
     took: f64,
@@ -370,6 +390,10 @@ impl<'h, L: Liveness> Work<'h, L> {
             if self.unrunnable.is_some() {
                 break;
             }
+            if outcome == "lost" {
+                // Not done by this loop: not counted against --max-tasks nor as a job.
+                continue;
+            }
             self.sum.tasks += 1;
             self.jobs_unreported += 1;
             idle_since = Instant::now();
@@ -424,6 +448,29 @@ impl<'h, L: Liveness> Work<'h, L> {
     fn run_task(&mut self, task: &Task) -> Result<Outcome> {
         use std::os::unix::process::{CommandExt, ExitStatusExt};
         use std::process::Stdio;
+        // A task run before (its claim lapsed, it was requeued) may still have processes
+        // of that run on this host: they go before it runs again.
+        if task.attempts > 1 {
+            if let Some((reason, why)) = self.fence(task) {
+                marker(&format!(
+                    "--- corral task {} start {}",
+                    task.task_id,
+                    time::format(&time::now())
+                ));
+                if reason == StopReason::Lost {
+                    self.lost_task(task, &why);
+                }
+                return Ok(Outcome {
+                    code: None,
+                    signal: None,
+                    stdout: Vec::new(),
+                    stdout_bytes: 0,
+                    truncated: false,
+                    stopped: Some(reason),
+                    took: 0.0,
+                });
+            }
+        }
         let argv = &self.opts.command;
         let mut cmd = crate::process::command(&argv[0]);
         cmd.args(&argv[1..])
@@ -435,6 +482,13 @@ impl<'h, L: Liveness> Work<'h, L> {
             .stdout(Stdio::piped())
             .stderr(Stdio::inherit())
             .process_group(0);
+        // The command dies with the loop (SIGKILL), so a loop that is killed cannot leave
+        // it running while its task is requeued and run again elsewhere.
+        let loop_pid = nix::unistd::getpid().as_raw();
+        // SAFETY: die_with_loop only makes async-signal-safe calls (prctl, getppid).
+        unsafe {
+            cmd.pre_exec(move || die_with_loop(loop_pid));
+        }
         marker(&format!(
             "--- corral task {} start {}",
             task.task_id,
@@ -460,6 +514,7 @@ impl<'h, L: Liveness> Work<'h, L> {
                 return Ok(Outcome {
                     code: Some(127),
                     signal: None,
+                    stdout_bytes: why.len() as u64,
                     stdout: why.into_bytes(),
                     truncated: false,
                     stopped: Some(StopReason::Unrunnable),
@@ -469,6 +524,9 @@ impl<'h, L: Liveness> Work<'h, L> {
         };
         self.sum.spawn_seconds += t0.elapsed().as_secs_f64();
         let pid = child.id() as i32;
+        // Until the command is waited for, leaving this function kills its group (an error
+        // return here must not leave it running unwatched).
+        let mut guard = GroupGuard(pid);
         let pidfd = crate::process::PidFd::open(pid)?;
         let mut stdin = child.stdin.take();
         let mut stdout = child.stdout.take();
@@ -498,6 +556,7 @@ impl<'h, L: Liveness> Work<'h, L> {
         let poll_every = self.opts.poll_interval.map(time::duration);
         let mut written = 0usize;
         let mut out = Vec::new();
+        let mut out_bytes = 0u64;
         let mut truncated = false;
         let mut stopped: Option<StopReason> = None;
         let mut kill_at: Option<Instant> = None;
@@ -513,6 +572,8 @@ impl<'h, L: Liveness> Work<'h, L> {
             .try_clone_to_owned()
             .map_err(|e| Error::io("dup", e))?;
         let mut buf = vec![0u8; 64 * 1024];
+        // Why the task stopped being ours, when it just did.
+        let mut lost: Option<String> = None;
         loop {
             if self.stopper.stopped() && stopped.is_none() {
                 stopped = Some(StopReason::Shutdown);
@@ -586,6 +647,9 @@ impl<'h, L: Liveness> Work<'h, L> {
                                 break;
                             }
                             Ok(n) => {
+                                // Past the cap stdout is still read (the command never
+                                // blocks on a full pipe) and counted, not kept.
+                                out_bytes += n as u64;
                                 let room = (MAX_RESULT_BYTES * 4).saturating_sub(out.len());
                                 if n > room {
                                     truncated = true;
@@ -621,7 +685,12 @@ impl<'h, L: Liveness> Work<'h, L> {
             if r_exit {
                 exited = true;
             }
-            if r_task || next_poll.is_some_and(|p| Instant::now() >= p) {
+            // The task file is also read at each beat: a watch lost to a move (or a claimant
+            // with no lease to renew) cannot hide that the task is no longer ours.
+            if r_task
+                || next_poll.is_some_and(|p| Instant::now() >= p)
+                || Instant::now() >= next_beat
+            {
                 evs.clear();
                 let _ = tw.drain(&mut evs);
                 if let Some(p) = poll_every {
@@ -636,17 +705,26 @@ impl<'h, L: Liveness> Work<'h, L> {
                             kill_at = Some(Instant::now() + time::duration(self.opts.kill_grace));
                         }
                         if t.claimed_by.as_deref() != Some(self.opts.worker.as_str()) {
-                            tracing::warn!(
-                                "task {} is no longer ours (claimed by {}): its outcome will not be recorded",
-                                task.task_id,
+                            lost = Some(format!(
+                                "claimed by {}",
                                 t.claimed_by.as_deref().unwrap_or("nobody")
-                            );
+                            ));
                         }
                     }
-                    Err(_) => tracing::warn!(
-                        "task {} left processing/ while its command runs (requeued by the monitor?)",
-                        task.task_id
-                    ),
+                    Err(ReadError::Missing) => {
+                        lost = match moves::locate(self.home, &task.task_id) {
+                            // Back in place already (a move in two steps): look again.
+                            Ok(Some((TaskState::Processing, p))) if p == processing => None,
+                            Ok(Some((st, _))) => Some(format!("it is {} now", st.name())),
+                            _ => Some("it left processing/".to_string()),
+                        };
+                    }
+                    Err(ReadError::Refused(why)) => {
+                        lost = Some(format!("its file was set aside: {why}"));
+                    }
+                    Err(ReadError::Io(e)) => {
+                        tracing::warn!("cannot read task {} while it runs: {e}", task.task_id)
+                    }
                 }
                 // The file was replaced: watch the new one.
                 if let Some(wd) = task_wd.take() {
@@ -683,8 +761,20 @@ impl<'h, L: Liveness> Work<'h, L> {
                 kill_at = None;
             }
             if now >= next_beat {
-                self.keepalive_busy(task);
+                if let Err(why) = self.keepalive_busy(task) {
+                    lost = Some(why);
+                }
                 next_beat = Instant::now() + self.interval;
+            }
+            if let Some(why) = lost.take() {
+                if stopped != Some(StopReason::Lost) {
+                    self.lost_task(task, &why);
+                    if stopped.is_none() {
+                        signal_group(pid, Signal::SIGTERM);
+                        kill_at = Some(Instant::now() + time::duration(self.opts.kill_grace));
+                    }
+                    stopped = Some(StopReason::Lost);
+                }
             }
         }
         drop(stdin);
@@ -695,6 +785,7 @@ impl<'h, L: Liveness> Work<'h, L> {
         let status = child
             .wait()
             .map_err(|e| Error::io("cannot wait for the command", e))?;
+        guard.0 = 0;
         // Anything left in the group (a stopped command's children) goes too.
         if stopped.is_some() {
             signal_group(pid, Signal::SIGKILL);
@@ -705,24 +796,105 @@ impl<'h, L: Liveness> Work<'h, L> {
             code: status.code(),
             signal: status.signal(),
             stdout: out,
+            stdout_bytes: out_bytes,
             truncated,
             stopped,
             took,
         })
     }
 
-    fn keepalive_busy(&mut self, task: &Task) {
+    /// Beats or renews the lease; Err(why) when the lease shows the task is no longer ours.
+    fn keepalive_busy(&mut self, task: &Task) -> std::result::Result<(), String> {
         let t = Instant::now();
+        let mut res = Ok(());
         if self.live.is_worker() {
             if !self.beat(Some(&task.task_id), true) {
                 self.stopper.stop();
             }
-        } else if let Err(e) =
-            transitions::renew_lease(self.home, &task.task_id, &self.opts.worker, self.opts.lease)
-        {
-            tracing::warn!("cannot renew the lease on {}: {e}", task.task_id);
+        } else {
+            match transitions::renew_lease(
+                self.home,
+                &task.task_id,
+                &self.opts.worker,
+                self.opts.lease,
+            ) {
+                Ok(_) => {}
+                Err(e @ (Error::Conflict(_) | Error::NotFound(_))) => {
+                    res = Err(format!("its lease cannot be renewed: {e}"))
+                }
+                Err(e) => tracing::warn!("cannot renew the lease on {}: {e}", task.task_id),
+            }
         }
         self.sum.beat_seconds += t.elapsed().as_secs_f64();
+        res
+    }
+
+    /// Says (log and stderr marker context) that the running task was taken from this loop.
+    fn lost_task(&self, task: &Task, why: &str) {
+        tracing::warn!(
+            "task {} is no longer ours ({why}): stopping its command, recording nothing",
+            task.task_id
+        );
+    }
+
+    /// Stops the processes still carrying `CORRAL_TASK_ID=<this task>` on this host (an
+    /// earlier run whose loop died or lost the task): SIGTERM, `kill_grace`, SIGKILL, and
+    /// waits for them to be gone, so two runs of one task never overlap here.
+    /// While it waits, the claim is kept alive; it gives up early on a stop request or when
+    /// the task is no longer ours (that reason is returned).
+    fn fence(&mut self, task: &Task) -> Option<(StopReason, String)> {
+        let procs = leftovers(&task.task_id);
+        if procs.is_empty() {
+            return None;
+        }
+        let pids: Vec<String> = procs.iter().map(|(p, _)| p.to_string()).collect();
+        tracing::warn!(
+            "task {} still has processes of an earlier run (pids {}): stopping them before running it again",
+            task.task_id,
+            pids.join(" ")
+        );
+        let signal_all = |sig: Signal| {
+            for &(pid, ticks) in &procs {
+                if same_process(pid, ticks) {
+                    let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig);
+                }
+            }
+        };
+        let gone = || procs.iter().all(|&(p, t)| !same_process(p, t));
+        let mut next_beat = Instant::now() + self.interval;
+        let mut wait = |me: &mut Self, until: Instant| {
+            while !gone() && Instant::now() < until {
+                if me.stopper.stopped() {
+                    return Some((StopReason::Shutdown, "stop requested".to_string()));
+                }
+                if Instant::now() >= next_beat {
+                    if let Err(why) = me.keepalive_busy(task) {
+                        return Some((StopReason::Lost, why));
+                    }
+                    next_beat = Instant::now() + me.interval;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            None
+        };
+        signal_all(Signal::SIGTERM);
+        let grace = Instant::now() + time::duration(self.opts.kill_grace);
+        if let Some(r) = wait(self, grace) {
+            return Some(r);
+        }
+        if !gone() {
+            signal_all(Signal::SIGKILL);
+            if let Some(r) = wait(self, Instant::now() + Duration::from_secs(5)) {
+                return Some(r);
+            }
+        }
+        if !gone() {
+            tracing::error!(
+                "processes of an earlier run of {} survived SIGKILL: running it anyway",
+                task.task_id
+            );
+        }
+        None
     }
 
     fn finish(&mut self, task: &Task, out: &Outcome) -> &'static str {
@@ -730,6 +902,14 @@ impl<'h, L: Liveness> Work<'h, L> {
         let id = &task.task_id;
         let cmd0 = &self.opts.command[0];
         let (res, outcome) = match out.stopped {
+            Some(StopReason::Lost) => {
+                // Whoever has the task now records its outcome; this run's is dropped.
+                self.sum.lost += 1;
+                tracing::warn!(
+                    "task {id}: the command of a run that lost the task was stopped; nothing recorded"
+                );
+                return "lost";
+            }
             Some(StopReason::Unrunnable) => (
                 transitions::requeue(
                     self.home,
@@ -773,14 +953,20 @@ impl<'h, L: Liveness> Work<'h, L> {
             _ if out.code == Some(0) => {
                 let result = match serde_json::from_slice::<Value>(&out.stdout) {
                     Ok(v) if !out.truncated => v,
+                    _ if out.truncated => {
+                        // Too long to keep: the task file's marker, with the size of all the
+                        // command printed and the start of it.
+                        let text = String::from_utf8_lossy(&out.stdout);
+                        json!({
+                            "truncated": true,
+                            "bytes": out.stdout_bytes,
+                            "head": cut_str(&text, RESULT_HEAD_BYTES),
+                        })
+                    }
                     _ => {
                         let text = String::from_utf8_lossy(&out.stdout);
                         let text = text.strip_suffix('\n').unwrap_or(&text);
-                        if out.truncated {
-                            json!({"stdout": text, "truncated": true})
-                        } else {
-                            Value::String(text.to_string())
-                        }
+                        Value::String(text.to_string())
                     }
                 };
                 tracing::info!("task {id} completed");
@@ -846,6 +1032,99 @@ fn set_nonblocking(fd: std::os::fd::BorrowedFd<'_>) -> Result<()> {
     let fl = OFlag::from_bits_retain(fl) | OFlag::O_NONBLOCK;
     fcntl(fd, FcntlArg::F_SETFL(fl)).map_err(|e| Error::io("fcntl", e.into()))?;
     Ok(())
+}
+
+/// The head kept of a stdout too long to keep whole (the task file's marker keeps 16 KiB).
+const RESULT_HEAD_BYTES: usize = 16 * 1024;
+
+/// The first `max` bytes of `s`, cut at a character boundary.
+fn cut_str(s: &str, max: usize) -> &str {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+/// In the command's child, before exec: SIGKILL when the loop's thread that started it
+/// ends (`PR_SET_PDEATHSIG`; the loop runs and waits for each command on one thread, so
+/// that is the loop ending, however it ends). If the loop is already gone (it died between
+/// fork and here) the command never starts.
+fn die_with_loop(loop_pid: libc::pid_t) -> std::io::Result<()> {
+    // SAFETY: prctl and getppid are async-signal-safe syscalls on this process only.
+    unsafe {
+        if libc::prctl(
+            libc::PR_SET_PDEATHSIG,
+            libc::SIGKILL as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+            0 as libc::c_ulong,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        if libc::getppid() != loop_pid {
+            return Err(std::io::Error::from_raw_os_error(libc::ESRCH));
+        }
+    }
+    Ok(())
+}
+
+/// Kills a command's process group when dropped, unless disarmed (pgid set to 0) once the
+/// command was waited for.
+struct GroupGuard(i32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        signal_group(self.0, Signal::SIGKILL);
+    }
+}
+
+/// Processes of this host (that this user may inspect) whose environment holds
+/// `CORRAL_TASK_ID=<id>`, as (pid, start time): what is left of an earlier run of the
+/// task. This process and its ancestors are left out (a loop run from inside a task).
+fn leftovers(id: &str) -> Vec<(i32, u64)> {
+    let entry = format!("CORRAL_TASK_ID={id}");
+    let me = std::process::id() as i32;
+    let mut skip = vec![me];
+    let mut p = me;
+    while let Some(st) = crate::process::read_stat(p) {
+        if st.ppid <= 1 || skip.len() > 64 {
+            break;
+        }
+        skip.push(st.ppid);
+        p = st.ppid;
+    }
+    let Ok(rd) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for e in rd.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid <= 1 || skip.contains(&pid) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        if !env.split(|b| *b == 0).any(|kv| kv == entry.as_bytes()) {
+            continue;
+        }
+        if let Some(st) = crate::process::read_stat(pid) {
+            if !matches!(st.state, 'Z' | 'X') {
+                found.push((pid, st.start_time_ticks));
+            }
+        }
+    }
+    found
+}
+
+/// `pid` is still the process that started at `ticks`, and not yet dead.
+fn same_process(pid: i32, ticks: u64) -> bool {
+    crate::process::read_stat(pid)
+        .is_some_and(|st| st.start_time_ticks == ticks && !matches!(st.state, 'Z' | 'X'))
 }
 
 /// Signals the command's process group (it leads its own, started with `process_group(0)`).
@@ -926,5 +1205,55 @@ mod tests {
         assert!(s.stopped);
         assert_eq!(s.requeued, 1, "{s:?}");
         assert_eq!(find(&h, &t.task_id).unwrap().state, TaskState::Pending);
+    }
+    #[test]
+    fn a_task_taken_from_the_loop_stops_its_command_and_records_nothing() {
+        let (_d, h) = crate::home::test_home();
+        let t = enqueue(&h, &EnqueueRequest::new("t")).unwrap();
+        let mut o = opts(&["sh", "-c", "cat >/dev/null; exec sleep 30"]);
+        o.idle_exit = Some(0.5);
+        o.max_tasks = Some(1);
+        let w = Work::new(&h, o, NoSpec).unwrap();
+        let h2 = h.clone();
+        let id = t.task_id.clone();
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                if find(&h2, &id).is_ok_and(|f| f.state == TaskState::Processing) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            // Requeued by hand, then claimed by another before the loop may take it back.
+            transitions::requeue(&h2, &id, None, "operator").unwrap();
+            let mut other = Claimer::new(&h2, "other", &["t".to_string()], 60.0).unwrap();
+            other.try_claim().unwrap();
+        });
+        let t0 = Instant::now();
+        let s = w.run().unwrap();
+        assert!(t0.elapsed() < Duration::from_secs(20), "the command ran on");
+        assert_eq!(
+            (s.lost, s.tasks, s.completed, s.failed),
+            (1, 0, 0, 0),
+            "{s:?}"
+        );
+        let f = find(&h, &t.task_id).unwrap();
+        assert_eq!(f.state, TaskState::Processing);
+        assert_eq!(f.task.claimed_by.as_deref(), Some("other"));
+    }
+
+    #[test]
+    fn leftovers_finds_the_processes_carrying_the_task_id() {
+        let mut c = std::process::Command::new("sleep");
+        c.arg("30").env("CORRAL_TASK_ID", "task-leftover-test-1");
+        let mut child = c.spawn().unwrap();
+        let pid = child.id() as i32;
+        let found = leftovers("task-leftover-test-1");
+        assert_eq!(found.iter().map(|p| p.0).collect::<Vec<_>>(), vec![pid]);
+        assert!(leftovers("task-leftover-test-2").is_empty());
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(!same_process(pid, found[0].1));
     }
 }

@@ -5,6 +5,7 @@
 use crate::support::procs::*;
 use crate::support::queue::{enqueue, json_files_under, spawn_worker, state_of, tasks};
 use crate::support::{read_json, stderr, wait_until, write_script, Scene};
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -424,4 +425,310 @@ fn a_command_that_cannot_start_never_burns_the_queue() {
     assert!(err.contains("outcome=requeued"), "{err}");
     assert_eq!(s.events_of("task_failed").len(), 0);
     assert_eq!(s.events_of("task_dead_lettered").len(), 0);
+}
+
+/// A job for the overlap tests: it logs `start`/`end` lines, records its pid and its
+/// child's (`sleep`) in `pids`, and first logs `overlap <pid>` for every process of an
+/// earlier run still alive. The first run sleeps 10 s, a later one 0.2 s.
+fn overlap_job(s: &Scene) -> (String, PathBuf, PathBuf) {
+    let log = s.dir.path().join("job.log");
+    let pids = s.dir.path().join("job.pids");
+    let job = s.dir.path().join("job.sh");
+    write_script(
+        &job,
+        &format!(
+            r#"#!/bin/sh
+cat >/dev/null
+log={log}; pids={pids}
+for p in $(cat "$pids" 2>/dev/null); do
+  st=$(sed 's/.*) //' /proc/$p/stat 2>/dev/null | cut -d' ' -f1)
+  case "$st" in ''|Z|X) ;; *) echo "overlap $p $st" >> "$log";; esac
+done
+if [ -s "$pids" ]; then d=0.2; else d=10; fi
+sleep "$d" &
+echo "$$ $!" >> "$pids"
+echo "start $$ $CORRAL_WORKER_ID" >> "$log"
+wait
+echo "end $$ $CORRAL_WORKER_ID" >> "$log"
+"#,
+            log = log.display(),
+            pids = pids.display()
+        ),
+    );
+    (job.to_str().expect("utf-8 path").to_string(), log, pids)
+}
+
+fn lines_of(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap_or_default()
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
+/// The pids of the first run (the shell, then its `sleep`).
+fn first_run(pids: &Path) -> Vec<i32> {
+    lines_of(pids)
+        .first()
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Two runs of one task must never overlap: the first run's processes are all gone when
+/// the second starts, and only the second is recorded.
+fn assert_no_overlap(log: &Path, first: &[i32], second_worker: &str) {
+    let lines = lines_of(log);
+    assert!(
+        !lines.iter().any(|l| l.starts_with("overlap ")),
+        "two runs overlapped: {lines:?}"
+    );
+    assert_eq!(
+        lines.iter().filter(|l| l.starts_with("start ")).count(),
+        2,
+        "{lines:?}"
+    );
+    let ends: Vec<&String> = lines.iter().filter(|l| l.starts_with("end ")).collect();
+    assert_eq!(ends.len(), 1, "{lines:?}");
+    assert!(ends[0].ends_with(second_worker), "{lines:?}");
+    for &p in first {
+        assert!(!alive(p), "process {p} of the first run still runs");
+    }
+}
+
+/// A work loop that is SIGKILLed cannot stop its command itself: the command dies with it
+/// (parent-death signal), and the loop that runs the requeued task again first stops
+/// what is left of the first run (the command's `sleep`, in its group), so the runs never
+/// overlap. The old loop left the whole command running for another 8 s, the second run
+/// beside it.
+#[test]
+fn a_killed_work_loop_takes_its_command_along_and_a_rerun_never_overlaps() {
+    let s = Scene::new();
+    let reaper = Reaper::default();
+    let (job, log, pids) = overlap_job(&s);
+    let id = enqueue(&s, &["--class", "k"]);
+    let mut c = s.cmd("task-queue");
+    c.args([
+        "work",
+        "--worker",
+        "wa",
+        "--class",
+        "k",
+        "--lease",
+        "3",
+        "--idle-exit",
+        "30",
+        "--",
+        &job,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
+    let mut wa = reaper.spawn(&mut c);
+    assert!(wait_until(Duration::from_secs(20), || lines_of(&log)
+        .iter()
+        .any(|l| l.starts_with("start "))));
+    let first = first_run(&pids);
+    assert_eq!(first.len(), 2, "{first:?}");
+    for &p in &first {
+        reaper.add(p);
+    }
+    signal(wa.id() as i32, libc::SIGKILL);
+    let _ = wa.wait();
+    assert!(
+        wait_until(Duration::from_secs(5), || !alive(first[0])),
+        "the command outlived its loop"
+    );
+    // The lease lapses; maintenance gives the task back.
+    assert!(
+        wait_until(Duration::from_secs(30), || {
+            s.run("heartbeat-monitor", &["--once", "-q"]);
+            state_of(&s, &id) == "pending" || {
+                std::thread::sleep(Duration::from_millis(200));
+                false
+            }
+        }),
+        "not requeued\n{}",
+        s.tree()
+    );
+    let o = s.run(
+        "task-queue",
+        &[
+            "work",
+            "--worker",
+            "wb",
+            "--class",
+            "k",
+            "--lease",
+            "3",
+            "--kill-grace",
+            "1",
+            "--idle-exit",
+            "0.5",
+            "--",
+            &job,
+        ],
+    );
+    s.expect_code("task-queue", &["work"], &o, 0);
+    assert_eq!(state_of(&s, &id), "completed", "{}", s.tree());
+    assert_no_overlap(&log, &first, "wb");
+    assert!(
+        stderr(&o).contains("processes of an earlier run"),
+        "{}",
+        stderr(&o)
+    );
+}
+
+/// A loop whose task is taken from it while the command runs (`requeue` by hand here; a
+/// lapsed lease requeued by maintenance is the same move) stops the command (SIGTERM,
+/// grace, SIGKILL) and records nothing; the loop that claims the task next runs it alone.
+/// The old loop warned and let its command run to the end beside the new run.
+#[test]
+fn a_work_loop_that_loses_its_task_stops_the_command_and_records_nothing() {
+    let s = Scene::new();
+    let reaper = Reaper::default();
+    let (job, log, pids) = overlap_job(&s);
+    let id = enqueue(&s, &["--class", "k"]);
+    let mut c = s.cmd("task-queue");
+    c.args([
+        "work",
+        "--worker",
+        "wq1",
+        "--class",
+        "k",
+        "--lease",
+        "30",
+        "--kill-grace",
+        "1",
+        "--idle-exit",
+        "30",
+        "--",
+        &job,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let wq1 = reaper.spawn(&mut c);
+    assert!(wait_until(Duration::from_secs(20), || lines_of(&log)
+        .iter()
+        .any(|l| l.starts_with("start "))));
+    let first = first_run(&pids);
+    assert_eq!(first.len(), 2, "{first:?}");
+    for &p in &first {
+        reaper.add(p);
+    }
+    let mut c = s.cmd("task-queue");
+    c.args([
+        "work",
+        "--worker",
+        "wq2",
+        "--class",
+        "k",
+        "--kill-grace",
+        "1",
+        "--idle-exit",
+        "2",
+        "--",
+        &job,
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let wq2 = reaper.spawn(&mut c);
+    // wq2 is idle, sleeping on the queue (whichever loop claims the requeued task first
+    // runs it: wq2 as a rule, wq1 once its command is gone).
+    std::thread::sleep(Duration::from_secs(1));
+    s.ok("task-queue", &["requeue", &id, "--reason", "operator"]);
+    let out2 = wq2.wait_with_output().unwrap();
+    assert_eq!(out2.status.code(), Some(0), "{}", stderr(&out2));
+    assert_eq!(state_of(&s, &id), "completed", "{}", s.tree());
+    let done = read_json(&tasks(&s).join(format!("completed/{id}.json")));
+    let by = done["claimed_by"].as_str().unwrap_or_default().to_string();
+    assert!(by == "wq1" || by == "wq2", "{done}");
+    assert_no_overlap(&log, &first, &by);
+    signal(wq1.id() as i32, libc::SIGTERM);
+    let out1 = wq1.wait_with_output().unwrap();
+    let err1 = stderr(&out1);
+    assert_eq!(out1.status.code(), Some(0), "{err1}");
+    assert!(err1.contains("is no longer ours"), "{err1}");
+    assert!(
+        err1.lines()
+            .any(|l| l.starts_with(&format!("--- corral task {id} end "))
+                && l.ends_with("outcome=lost")),
+        "{err1}"
+    );
+    // Nothing was recorded by the loop that lost it.
+    assert!(s.events_of("task_failed").is_empty());
+    assert_eq!(s.events_of("task_completed").len(), 1);
+}
+
+/// A result cut for being too long records the size of everything the command printed,
+/// not of the part kept.
+#[test]
+fn a_truncated_result_records_every_byte_the_command_printed() {
+    let s = Scene::new();
+    let id = enqueue(&s, &["--class", "big"]);
+    let o = s.run(
+        "task-queue",
+        &[
+            "work",
+            "--worker",
+            "big",
+            "--class",
+            "big",
+            "--idle-exit",
+            "0.5",
+            "--",
+            "sh",
+            "-c",
+            r#"cat >/dev/null; head -c 3000000 /dev/zero | tr '\0' x"#,
+        ],
+    );
+    s.expect_code("task-queue", &["work"], &o, 0);
+    let t = read_json(&tasks(&s).join(format!("completed/{id}.json")));
+    let r = &t["result"];
+    assert_eq!(r["truncated"], true, "{t}");
+    assert_eq!(r["bytes"], 3_000_000, "{r}");
+    let head = r["head"].as_str().unwrap();
+    assert!(
+        !head.is_empty() && head.len() <= 16 * 1024 && head.bytes().all(|b| b == b'x'),
+        "{head}"
+    );
+}
+
+/// `show` takes `--format` like every command that prints data: json (the default, the
+/// task file), jsonl (one line) and table (`field: value` lines).
+#[test]
+fn show_takes_format_json_jsonl_and_table() {
+    let s = Scene::new();
+    let id = enqueue(&s, &["--class", "f", "--name", "two\nlines"]);
+    let plain: serde_json::Value =
+        serde_json::from_str(&s.ok("task-queue", &["show", &id])).unwrap();
+    let json: serde_json::Value =
+        serde_json::from_str(&s.ok("task-queue", &["show", &id, "--format", "json"])).unwrap();
+    assert_eq!(plain, json);
+    assert_eq!(json["task_id"], id.as_str());
+    let jsonl = s.ok("task-queue", &["show", &id, "--format", "jsonl"]);
+    assert_eq!(jsonl.trim_end().lines().count(), 1);
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&jsonl).unwrap(),
+        json
+    );
+    let table = s.ok("task-queue", &["show", &id, "--format", "table"]);
+    let field = |k: &str| {
+        table
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(&format!("{k}:")))
+            .map(|l| l.split_once(':').unwrap().1.trim().to_string())
+    };
+    assert_eq!(field("task_id").as_deref(), Some(id.as_str()), "{table}");
+    assert_eq!(field("class").as_deref(), Some("f"), "{table}");
+    assert_eq!(field("state").as_deref(), Some("pending"), "{table}");
+    // One line per field: the name's newline is shown escaped.
+    assert_eq!(
+        table.lines().count(),
+        json.as_object().unwrap().len(),
+        "{table}"
+    );
+    s.code("task-queue", &["show", &id, "--format", "yaml"], 2);
 }
