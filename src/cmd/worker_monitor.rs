@@ -526,14 +526,16 @@ fn progress(home: &Home, a: ProgressArgs) -> Result<()> {
                     .flatten(),
             );
             let show = |id: &str| short.get(id).cloned().unwrap_or_else(|| id.to_string());
-            let mut out = q.line();
+            // One line per item, each escaped whole: a class or claimant read from a task
+            // file can neither drive the terminal nor start a line of its own.
+            let mut lines = vec![q.line()];
             let parts: Vec<String> = by_type.iter().map(|(t, n)| format!("{n} {t}")).collect();
             if !parts.is_empty() {
-                out.push_str(&format!("\n  Workers: {}", parts.join(", ")));
+                lines.push(format!("  Workers: {}", parts.join(", ")));
             }
             for t in &processing {
-                out.push_str(&format!(
-                    "\n  └─ Worker {}: Processing {} task {} ({} elapsed)",
+                lines.push(format!(
+                    "  └─ Worker {}: Processing {} task {} ({} elapsed)",
                     t.claimed_by
                         .as_deref()
                         .map(show)
@@ -545,7 +547,8 @@ fn progress(home: &Home, a: ProgressArgs) -> Result<()> {
                         .unwrap_or_else(|| "?".into())
                 ));
             }
-            cli::out(term::escape(&out))
+            let lines: Vec<_> = lines.iter().map(|l| term::escape_line(l)).collect();
+            cli::out(lines.join("\n"))
         }
         _ => {
             let v = serde_json::json!({

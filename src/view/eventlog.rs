@@ -2,7 +2,8 @@
 //! (`dashboard-events.jsonl.N` … `.1`), then the current file, line by line with one reused
 //! buffer, so memory stays flat however long the log is. [`Follower`] keeps reading the
 //! current file as it grows and, when rotation renames it to `.1` and a new file appears,
-//! drains the old inode before switching, so no line is lost or repeated.
+//! drains the old inode before switching, so no line is lost or repeated; a file truncated in
+//! place (`copytruncate`) is read again from its start.
 //!
 //! Lines are parsed into [`LightEvent`], which borrows its strings from the line and skips
 //! `data` without building it; callers that need `data` parse the line again (rare types).
@@ -184,12 +185,38 @@ impl Follower {
         }
     }
 
-    /// Passes the lines written since the last call; follows a rotation to the new file.
+    /// True when the open file is now shorter than what was read of it: it was truncated in
+    /// place (`: > file`, logrotate's `copytruncate`), so the read offset points past its end
+    /// and every later line would land before it, unseen.
+    fn truncated(&mut self) -> Result<bool> {
+        let Some(file) = self.file.as_mut() else {
+            return Ok(false);
+        };
+        let len = file.metadata().ctx("stat", &self.path)?.len();
+        let pos = file.stream_position().ctx("seek", &self.path)?;
+        Ok(len < pos)
+    }
+
+    /// Passes the lines written since the last call; follows a rotation to the new file and
+    /// starts over from the beginning of a file truncated in place, as `tail -F` does.
     pub fn poll(&mut self, f: &mut dyn FnMut(&[u8]) -> Result<()>) -> Result<()> {
         if self.file.is_none() {
             self.open()?;
         }
         self.drain(f)?;
+        if self.truncated()? {
+            tracing::debug!(
+                "{} was truncated: reading it from the start",
+                self.path.display()
+            );
+            // A line cut by the truncation has lost its end: it is dropped, not glued to the
+            // first new line.
+            self.partial.clear();
+            if let Some(file) = self.file.as_mut() {
+                file.seek(SeekFrom::Start(0)).ctx("seek", &self.path)?;
+            }
+            self.drain(f)?;
+        }
         let now = std::fs::metadata(&self.path)
             .ok()
             .map(|m| (m.dev(), m.ino()));
@@ -295,6 +322,45 @@ mod tests {
         fo.poll(&mut push).unwrap();
         fo.poll(&mut push).unwrap();
         assert_eq!(seen, ["a", "bc", "d", "e", "f"]);
+    }
+
+    #[test]
+    fn follower_starts_over_after_a_truncation_in_place() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("log.jsonl");
+        std::fs::write(&path, "first-line-that-is-long\nsecond-line-also-long\n").unwrap();
+        let mut fo = Follower::new(path.clone());
+        let mut seen: Vec<String> = Vec::new();
+        let mut push = |l: &[u8]| {
+            seen.push(String::from_utf8_lossy(l).into_owned());
+            Ok(())
+        };
+        fo.poll(&mut push).unwrap();
+        // Truncated in place (same inode), then written again, shorter than before.
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&path)
+            .unwrap();
+        f.write_all(b"x\ny\n").unwrap();
+        fo.poll(&mut push).unwrap();
+        f.write_all(b"z\n").unwrap();
+        fo.poll(&mut push).unwrap();
+        assert_eq!(
+            seen,
+            [
+                "first-line-that-is-long",
+                "second-line-also-long",
+                "x",
+                "y",
+                "z"
+            ]
+        );
     }
 
     #[test]

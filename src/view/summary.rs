@@ -548,12 +548,14 @@ pub fn render_text(s: &Summary) -> String {
         if rows.is_empty() {
             "(none)".to_string()
         } else {
-            crate::cli::table(header, rows)
+            // The views' one table renderer: every cell escaped (DESIGN §10).
+            super::term::table(header, rows)
         }
     };
     let mut out = String::new();
     let mut section = |title: String, body: String| {
-        out.push_str(&format!("== {title}\n"));
+        // Titles carry counts keyed by logged text (ends, restart results): one line each.
+        out.push_str(&format!("== {}\n", super::term::escape_line(&title)));
         if !body.is_empty() {
             out.push_str(&body);
             out.push('\n');

@@ -289,7 +289,10 @@ impl<W: std::io::Write> TaskListWriter<W> {
                 Some(crate::queue::task::ns_time(t.position_ns()))
             }
         };
-        vec![
+        // Every cell is built here, and every cell is escaped here (DESIGN §10): a name is
+        // free text from whoever enqueued, and a file read for display may hold anything,
+        // so no cell can drive the terminal or break its row.
+        [
             t.task_id.clone(),
             t.state.name().into(),
             t.class.clone(),
@@ -297,10 +300,14 @@ impl<W: std::io::Write> TaskListWriter<W> {
             format!("{}/{}", t.attempts, t.max_attempts),
             t.claimed_by.clone().unwrap_or_else(|| "-".into()),
             age(since.map(|s| time::secs_between(s, self.now))),
-            // A name is free text from whoever enqueued: shown escaped (DESIGN §10), so it
-            // can neither drive the terminal nor break the row.
-            crate::view::term::escape_line(t.name.as_deref().unwrap_or_default()).into_owned(),
+            t.name.clone().unwrap_or_default(),
         ]
+        .into_iter()
+        .map(|c| match crate::view::term::escape_line(&c) {
+            std::borrow::Cow::Borrowed(_) => c,
+            std::borrow::Cow::Owned(e) => e,
+        })
+        .collect()
     }
 
     fn line(cells: &[String], widths: &[usize]) -> String {
@@ -412,7 +419,7 @@ pub fn stats_table(s: &crate::queue::Stats) -> String {
             ]);
         }
     }
-    let mut out = crate::cli::table(&["STATE", "CLASS", "COUNT", "OLDEST"], &rows);
+    let mut out = crate::view::term::table(&["STATE", "CLASS", "COUNT", "OLDEST"], &rows);
     let totals: Vec<String> = s.totals.iter().map(|(k, v)| format!("{k} {v}")).collect();
     out.push_str(&format!("\ntotal: {}", totals.join(", ")));
     out.push_str(&format!(

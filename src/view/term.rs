@@ -188,7 +188,20 @@ impl From<&str> for Cell {
     }
 }
 
-/// Renders aligned columns. When `max_width` is given, the columns listed in `shrink` (most
+/// A plain table (no width limit, no colour) of text cells: [`render_table`] underneath, so
+/// every cell is escaped like any other view's. The views print their tables through these
+/// two functions only, never through a renderer that does not escape.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let cells: Vec<Vec<Cell>> = rows
+        .iter()
+        .map(|r| r.iter().map(|c| Cell::from(c.as_str())).collect())
+        .collect();
+    render_table(header, &cells, None, &[], false)
+}
+
+/// Renders aligned columns. Every cell is shown through [`escape_line`] (DESIGN §10): a
+/// newline, carriage return or escape sequence in worker or task text can neither drive the
+/// terminal nor start a forged row. When `max_width` is given, the columns listed in `shrink` (most
 /// expendable first) are narrowed, down to 6 characters each, until a line fits.
 pub fn render_table(
     header: &[&str],
@@ -257,7 +270,9 @@ pub struct RawTerminal {
 
 impl RawTerminal {
     /// Enters the alternate screen, hides the cursor and, when stdin is a terminal, switches
-    /// it to raw input (keys arrive one by one, unechoed; Ctrl-C arrives as byte 3).
+    /// it to raw input (keys arrive one by one, unechoed; Ctrl-C arrives as byte 3, Ctrl-D as
+    /// byte 4). A read waits for a key (`VMIN` 1), so a read of nothing means the input has
+    /// really ended (a hangup), never merely "no key yet".
     pub fn enter() -> std::io::Result<RawTerminal> {
         let mut saved = None;
         if is_tty(libc::STDIN_FILENO) {
@@ -269,7 +284,7 @@ impl RawTerminal {
             let orig = t;
             t.c_lflag &= !(libc::ICANON | libc::ECHO | libc::ISIG | libc::IEXTEN);
             t.c_iflag &= !(libc::IXON | libc::ICRNL);
-            t.c_cc[libc::VMIN] = 0;
+            t.c_cc[libc::VMIN] = 1;
             t.c_cc[libc::VTIME] = 0;
             // SAFETY: sets attributes of our own terminal from a struct we own.
             if unsafe { libc::tcsetattr(libc::STDIN_FILENO, libc::TCSANOW, &t) } != 0 {
@@ -338,6 +353,11 @@ mod tests {
         let rows = vec![vec![Cell::from("\x1b]0;pwned\x07")]];
         let t = render_table(&["MESSAGE"], &rows, None, &[], true);
         assert!(!t.contains('\x1b') && !t.contains('\x07'), "{t:?}");
+        let t = table(
+            &["A", "MESSAGE"],
+            &[vec!["x".into(), "q\r\nFORGED\x1b".into()]],
+        );
+        assert_eq!(t, "A  MESSAGE\nx  q\\r\\nFORGED\\x1b");
     }
 
     #[test]

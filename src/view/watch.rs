@@ -231,7 +231,8 @@ impl Dashboard {
         }
         let mut counts: Vec<String> = by_status.iter().map(|(k, v)| format!("{k} {v}")).collect();
         counts.push(format!("completed {}", self.completed));
-        lines.push(format!("Workers   {}", counts.join(" | ")));
+        // Statuses and types come from specs read for display: escaped, one line each.
+        lines.push(term::escape_line(&format!("Workers   {}", counts.join(" | "))).into_owned());
         let health: Vec<String> = ["healthy", "degraded", "unhealthy", "unresponsive"]
             .iter()
             .map(|h| {
@@ -271,14 +272,17 @@ impl Dashboard {
         });
         lines.push(format!("Queue     {}", self.queue.line()));
         let types: Vec<String> = by_type.iter().map(|(t, n)| format!("{n} {t}")).collect();
-        lines.push(format!(
-            "  Workers: {}",
-            if types.is_empty() {
-                "none".to_string()
-            } else {
-                types.join(", ")
-            }
-        ));
+        lines.push(
+            term::escape_line(&format!(
+                "  Workers: {}",
+                if types.is_empty() {
+                    "none".to_string()
+                } else {
+                    types.join(", ")
+                }
+            ))
+            .into_owned(),
+        );
         lines.push(String::new());
 
         let events_shown = (height / 4).clamp(3, 12).min(self.events.len().max(1));
@@ -412,6 +416,33 @@ fn watch_paths(home: &Home) -> Vec<(PathBuf, notify::RecursiveMode)> {
     v
 }
 
+/// Passes keys from stdin (a terminal in raw mode, whose reads wait for a key) until its
+/// input ends. The end of input (a hangup, a closed pty) or a read error stops the keys
+/// only: the dashboard keeps redrawing on changes and every interval, and SIGINT, SIGTERM and
+/// SIGHUP still end it.
+fn read_keys(tx: &mpsc::Sender<Msg>) {
+    let mut stdin = std::io::stdin();
+    let mut b = [0u8; 1];
+    loop {
+        match stdin.read(&mut b) {
+            Ok(1) => {
+                if tx.send(Msg::Key(b[0])).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Ok(_) => {
+                tracing::debug!("stdin ended: no more keys, the dashboard goes on");
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("stdin: {e}: no more keys, the dashboard goes on");
+                return;
+            }
+        }
+    }
+}
+
 /// Runs the dashboard until q, Ctrl-C, or SIGTERM.
 pub fn run(home: &Home, opts: Options) -> Result<()> {
     use nix::sys::signal::Signal;
@@ -460,21 +491,7 @@ pub fn run(home: &Home, opts: Options) -> Result<()> {
     let guard = RawTerminal::enter().map_err(|e| Error::io("cannot set up the terminal", e))?;
     if term::is_tty(libc::STDIN_FILENO) {
         let tx = tx.clone();
-        std::thread::spawn(move || {
-            let mut stdin = std::io::stdin();
-            let mut b = [0u8; 1];
-            loop {
-                match stdin.read(&mut b) {
-                    Ok(1) => {
-                        if tx.send(Msg::Key(b[0])).is_err() {
-                            break;
-                        }
-                    }
-                    Ok(_) => std::thread::sleep(Duration::from_millis(20)),
-                    Err(_) => break,
-                }
-            }
-        });
+        std::thread::spawn(move || read_keys(&tx));
     }
     drop(tx);
     let mut stdout = std::io::stdout();
@@ -501,7 +518,9 @@ pub fn run(home: &Home, opts: Options) -> Result<()> {
             match m {
                 Msg::Fs(Ok(ev)) => paths.extend(ev.paths),
                 Msg::Fs(Err(e)) => tracing::debug!("inotify: {e}"),
-                Msg::Key(b'q' | b'Q' | 3 | 4) => quit = true,
+                // q and Ctrl-C (README). Ctrl-D is the end of input on a terminal, not a
+                // request to leave: the dashboard goes on redrawing.
+                Msg::Key(b'q' | b'Q' | 3) => quit = true,
                 Msg::Key(_) => {}
                 Msg::Signal(Signal::SIGWINCH) => {}
                 Msg::Signal(_) => quit = true,

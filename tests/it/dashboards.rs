@@ -894,3 +894,296 @@ fn watch_quits_on_ctrl_c_and_restores_the_terminal() {
         tmux.pane()
     );
 }
+
+/// What a worker may put in its text to forge a dashboard row or drive the terminal: a
+/// colour, a title change ended by BEL, and CR LF followed by a whole fake row.
+const FORGERY: &str = "quota\x1b[31m\x1b]0;pwned\x07\r\n2026-12-02T00:00:00.000Z  worker_completed  implementation-worker  FORGED completed OK";
+
+/// Panics when `out` (a view printed into a pipe) holds a control character other than the
+/// line ends of its own layout, or shows the forged text on a line of its own.
+fn assert_escaped(view: &str, out: &str) {
+    for c in ['\x1b', '\x07', '\r'] {
+        assert!(
+            !out.contains(c),
+            "{view}: raw {c:?} reached the terminal:\n{out}"
+        );
+    }
+    for line in out.lines().filter(|l| l.contains("FORGED")) {
+        assert!(
+            line.contains("quota") || line.contains("TYPE-OF"),
+            "{view}: worker text started a row of its own: {line:?}\n{out}"
+        );
+    }
+}
+
+#[test]
+fn every_view_escapes_worker_text_in_its_cells() {
+    let s = Scene::new();
+    s.ok(
+        "spawn-worker",
+        &["--type", "implementation-worker", "--id", "w1"],
+    );
+    s.ok("heartbeat", &["w1", "--fail", "--error", FORGERY]);
+    // A live worker whose spec (read for display, not validated) carries the same text in a
+    // field the list, the summary's active workers and `progress` all show.
+    s.ok(
+        "spawn-worker",
+        &["--type", "implementation-worker", "--id", "w2"],
+    );
+    patch_spec(&s, "active", "w2", |v| {
+        v["worker_type"] = json!(format!("TYPE-OF\x1b[2J\x07\r\nFORGED-TYPE"))
+    });
+
+    let summary = s.ok("worker-monitor", &["summary", "-q"]);
+    assert_escaped("summary", &summary);
+    assert!(
+        summary.contains("quota\\x1b[31m\\x1b]0;pwned\\x07\\r\\n2026-12-02T00:00:00.000Z"),
+        "the message is shown, escaped:\n{summary}"
+    );
+    // Each event section has its header and exactly the real rows.
+    let section = |title: &str| -> Vec<String> {
+        summary
+            .split("\n\n")
+            .find(|b| b.starts_with(&format!("== {title}")))
+            .unwrap_or_else(|| panic!("no section {title}:\n{summary}"))
+            .lines()
+            .skip(1)
+            .map(str::to_string)
+            .collect()
+    };
+    let failures = section("Worker failures");
+    assert_eq!(failures.len(), 2, "header + one failure: {failures:#?}");
+    let recent = section("Recent lifecycle events");
+    let completed: Vec<&String> = recent
+        .iter()
+        .filter(|l| l.contains("worker_completed"))
+        .filter(|l| !l.contains("quota"))
+        .collect();
+    assert!(completed.is_empty(), "forged rows: {completed:#?}");
+    assert!(
+        section("Active workers")
+            .iter()
+            .any(|l| l.contains("TYPE-OF\\x1b[2J\\x07\\r\\nFORGED-TYPE")),
+        "{summary}"
+    );
+
+    let events = s.ok("worker-monitor", &["events"]);
+    assert_escaped("events", &events);
+    assert!(events.contains("quota\\x1b[31m"), "{events}");
+
+    let list = s.ok("worker-monitor", &["-q"]);
+    assert_escaped("list", &list);
+    assert_eq!(list.lines().count(), 2, "header + w2:\n{list}");
+
+    let progress = s.ok("worker-monitor", &["progress"]);
+    assert_escaped("progress", &progress);
+    assert!(progress.contains("TYPE-OF\\x1b[2J"), "{progress}");
+}
+
+#[test]
+fn events_follow_starts_over_after_a_truncation_in_place() {
+    let s = Scene::new();
+    // A log longer than what will be written after the truncation, so the follower's read
+    // offset stays past the new end however late it looks.
+    spawn(&s, &["--count", "6"]);
+    let mut child = s
+        .cmd("worker-monitor")
+        .args(["events", "--follow", "--format", "jsonl"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start follower");
+    let out = child.stdout.take().expect("stdout");
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(out).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut got: Vec<String> = Vec::new();
+    let initial = all_log_lines(&s);
+    let seen_all = wait_until(Duration::from_secs(10), || {
+        got.extend(rx.try_iter());
+        got.len() >= initial.len()
+    });
+    if !seen_all {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("follower saw {} of {} lines", got.len(), initial.len());
+    }
+    // logrotate's copytruncate: same file, same inode, emptied in place.
+    let log = s.coord().join("dashboard-events.jsonl");
+    let big = std::fs::metadata(&log).expect("log").len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .truncate(true)
+        .open(&log)
+        .expect("truncate");
+    s.ok(
+        "spawn-worker",
+        &[
+            "--type",
+            "implementation-worker",
+            "--id",
+            "after-truncation",
+        ],
+    );
+    let after = std::fs::read_to_string(&log).expect("log");
+    assert!(
+        (after.len() as u64) < big,
+        "the new content must be shorter than the old for this test"
+    );
+    let expected: Vec<String> = after.lines().map(str::to_string).collect();
+    assert!(expected.iter().any(|l| l.contains("after-truncation")));
+    let ok = wait_until(Duration::from_secs(10), || {
+        got.extend(rx.try_iter());
+        got.len() >= initial.len() + expected.len()
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(
+        ok,
+        "events written after the truncation never showed: got {} lines, want {} + {}",
+        got.len(),
+        initial.len(),
+        expected.len()
+    );
+    assert_eq!(got[..initial.len()], initial[..], "the lines before, once");
+    assert_eq!(
+        got[initial.len()..],
+        expected[..],
+        "the lines after, once, in order"
+    );
+}
+
+fn have_script() -> bool {
+    Command::new("script")
+        .arg("--version")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+/// `--watch` on a pty made by `script`, its stdin a pipe the test writes keys into (script
+/// passes them to the pty) and its debug log, one line per redraw, in a file.
+struct PtyWatch {
+    script: std::process::Child,
+    log: PathBuf,
+}
+
+impl PtyWatch {
+    fn start(s: &Scene, tag: &str, stdin: Stdio) -> PtyWatch {
+        let log = s.dir.path().join(format!("watch-{tag}.log"));
+        // exec: the pty's process is worker-monitor itself, a child of script.
+        let line = format!(
+            "exec {} --watch --interval 0.2 -v 2>{}",
+            crate::support::bin("worker-monitor").display(),
+            log.display()
+        );
+        let script = Command::new("script")
+            .args(["-qfc", &line, "/dev/null"])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("TERM", "xterm")
+            .env("NO_COLOR", "1")
+            .env("CORRAL_HOME", &s.home)
+            .stdin(stdin)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("script");
+        PtyWatch { script, log }
+    }
+
+    fn redraws(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .matches("redraw")
+            .count()
+    }
+
+    /// True when at least `n` more redraws than now happen within `within`.
+    fn keeps_redrawing(&self, n: usize, within: Duration) -> bool {
+        let from = self.redraws();
+        wait_until(within, || self.redraws() >= from + n)
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.script.try_wait().expect("try_wait")
+    }
+
+    /// Ends worker-monitor (SIGTERM, a clean way out) and script with it.
+    fn stop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let children =
+            std::fs::read_to_string(format!("/proc/{0}/task/{0}/children", self.script.id()))
+                .unwrap_or_default();
+        for pid in children.split_whitespace() {
+            let _ = Command::new("kill").args(["-TERM", pid]).status();
+        }
+        if !wait_until(Duration::from_secs(10), || self.exited().is_some()) {
+            let _ = self.script.kill();
+        }
+        let _ = self.script.wait();
+    }
+}
+
+impl Drop for PtyWatch {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+#[test]
+fn watch_keeps_redrawing_after_ctrl_d_and_the_end_of_its_input() {
+    use std::io::Write;
+    if !crate::support::have_tool(have_script(), "script (util-linux)") {
+        return;
+    }
+    let (s, _, _) = fleet();
+    let mut w = PtyWatch::start(&s, "ctrl-d", Stdio::piped());
+    let mut keys = w.script.stdin.take().expect("stdin");
+    assert!(
+        w.keeps_redrawing(2, Duration::from_secs(20)),
+        "the dashboard never redrew: {:?}",
+        std::fs::read_to_string(&w.log)
+    );
+    // Ctrl-D on the terminal: the end of input, not a way out; the interval redraws go on.
+    keys.write_all(b"\x04").expect("key");
+    keys.flush().expect("flush");
+    assert!(
+        w.keeps_redrawing(5, Duration::from_secs(20)) && w.exited().is_none(),
+        "redraws stopped after Ctrl-D ({} in all, exited {:?})",
+        w.redraws(),
+        w.exited()
+    );
+    // Keys are still read: q quits, cleanly.
+    keys.write_all(b"q").expect("key");
+    keys.flush().expect("flush");
+    assert!(
+        wait_until(Duration::from_secs(10), || w.exited().is_some()),
+        "q after Ctrl-D did not quit"
+    );
+    drop(keys);
+
+    // No input at all: script's stdin is closed from the start, so the pty sees its end
+    // of input at once. The dashboard keeps its promise of a reload every interval.
+    let mut w = PtyWatch::start(&s, "eof", Stdio::null());
+    assert!(
+        w.keeps_redrawing(2, Duration::from_secs(20)),
+        "the dashboard never redrew: {:?}",
+        std::fs::read_to_string(&w.log)
+    );
+    assert!(
+        w.keeps_redrawing(5, Duration::from_secs(20)) && w.exited().is_none(),
+        "redraws stopped at the end of input ({} in all, exited {:?})",
+        w.redraws(),
+        w.exited()
+    );
+    w.stop();
+}
