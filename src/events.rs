@@ -337,7 +337,15 @@ fn write_now(home: &Home, lines: &[Vec<u8>], wait: Wait, done: &mut usize) -> Re
                 Some(g) => g,
                 None => return Ok(false),
             },
-            Wait::Bounded | Wait::Blocking => store::lock(&lock_path)?,
+            Wait::Bounded => store::lock(&lock_path)?,
+            // As long as it takes: a bounded wait that ran out is simply waited again.
+            Wait::Blocking => loop {
+                match store::lock(&lock_path) {
+                    Ok(g) => break g,
+                    Err(Error::LockTimeout { .. }) => continue,
+                    Err(e) => return Err(e),
+                }
+            },
         };
         let f = guard.file().try_clone().ctx("dup", &lock_path)?;
         let id = dev_ino(&f.metadata().ctx("stat", &lock_path)?);
