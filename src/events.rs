@@ -10,7 +10,6 @@ use crate::store;
 use crate::time::{serde_ts, Timestamp};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
-use std::io::Write;
 use std::sync::OnceLock;
 
 macro_rules! event_types {
@@ -415,10 +414,11 @@ fn append_locked(
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
             Err(e) => return Err(Error::io(format!("cannot stat {}", path.display()), e)),
         };
-        let size = current.map(|c| c.1).unwrap_or(0);
+        let mut size = current.map(|c| c.1).unwrap_or(0);
         if size > 0 && size + line.len() as u64 > rotation.max_bytes {
             rotate(home, rotation.keep)?;
             *log = None;
+            size = 0;
         } else if current.map(|c| c.0) != log.as_ref().map(|l| l.1) {
             *log = None;
         }
@@ -428,7 +428,7 @@ fn append_locked(
             *log = Some((f, id));
         }
         if let Some((f, _)) = log.as_mut() {
-            f.write_all(line).ctx("append to", path)?;
+            store::append_line(f, size, line).ctx("append to", path)?;
             *done += 1;
         }
     }
@@ -741,7 +741,8 @@ pub fn append_jsonl(
     line.push(b'\n');
     let _guard = store::lock(&home.named_lock(lock_name))?;
     let mut f = store::open_log(path)?;
-    f.write_all(&line).ctx("append to", path)
+    let size = f.metadata().ctx("stat", path)?.len();
+    store::append_line(&mut f, size, &line).ctx("append to", path)
 }
 
 #[cfg(test)]

@@ -35,6 +35,25 @@ fn fix_mode(file: &File, meta: &std::fs::Metadata, path: &Path, mode: u32) -> Re
     Ok(())
 }
 
+/// Appends one line (ending in `\n`) to a log opened with [`open_log`] whose size is `size`,
+/// in one `write`. When the log does not end in a newline (a writer cut short by a full
+/// disk, or a line written by hand), a newline goes first: the torn line stays torn, but
+/// this one is not glued onto it and lost with it (DESIGN §7, one object per line).
+pub fn append_line(f: &mut File, size: u64, line: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::FileExt;
+    let mut last = [0u8; 1];
+    let torn = size > 0 && matches!(f.read_at(&mut last, size - 1), Ok(1) if last[0] != b'\n');
+    if torn {
+        let mut buf = Vec::with_capacity(line.len() + 1);
+        buf.push(b'\n');
+        buf.extend_from_slice(line);
+        f.write_all(&buf)
+    } else {
+        f.write_all(line)
+    }
+}
+
 /// Opens a log for appending, the way every log corral writes is opened (DESIGN §10): the
 /// file and its directory are never followed through a symlink (`O_NOFOLLOW` on both, the
 /// file opened relative to the directory), a non-regular file is refused, and a new file
@@ -80,7 +99,9 @@ pub fn open_log(path: &Path) -> Result<File> {
     let fd = rustix::fs::openat(
         &dirfd,
         name,
-        OFlags::WRONLY
+        // Read too: an appender looks at the last byte, to start on a line of its own
+        // after a torn tail (see `append_line`).
+        OFlags::RDWR
             | OFlags::APPEND
             | OFlags::CREATE
             | OFlags::NOFOLLOW

@@ -1097,6 +1097,36 @@ fn sigkill_mid_operation_leaves_a_recoverable_home() {
     }
 }
 
+/// A torn last line in the event log (a writer cut short by a full disk, a hand edit): the
+/// next event used to be appended onto it and became part of one unparseable line, so it
+/// was lost with it. It now starts on a line of its own; only the torn line is bad. The
+/// restart history, another JSONL log, does the same.
+#[test]
+fn an_event_after_a_torn_last_line_starts_a_line_of_its_own() {
+    let s = Scene::new();
+    let log = s.coord().join("dashboard-events.jsonl");
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(&log)
+        .expect("open");
+    use std::io::Write;
+    f.write_all(br#"{"id":"x","type":"worker_fa"#)
+        .expect("write");
+    drop(f);
+    s.ok("spawn-worker", &["--type", "test-worker", "--id", "w1"]);
+    let text = std::fs::read_to_string(&log).expect("read");
+    let lines: Vec<&str> = text.lines().collect();
+    let bad: Vec<&&str> = lines
+        .iter()
+        .filter(|l| serde_json::from_str::<Value>(l).is_err())
+        .collect();
+    assert_eq!(bad, [&r#"{"id":"x","type":"worker_fa"#], "{text}");
+    assert!(lines
+        .iter()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .any(|e| e["type"] == "worker_spawned" && e["worker_id"] == "w1"));
+}
+
 #[test]
 fn event_log_rotates_and_every_line_is_one_object() {
     let mut s = Scene::with_tokens(100_000_000);
