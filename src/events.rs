@@ -153,6 +153,26 @@ const MIN_MAX_BYTES: u64 = 1024;
 const MAX_MAX_BYTES: u64 = 1 << 40;
 const MAX_KEEP: u32 = 1000;
 
+/// `CORRAL_EVENTS_MAX_BYTES` and `CORRAL_EVENTS_KEEP`, checked against the ranges of the
+/// policy schema (S5): `None` where unset, exit 6 naming the variable where out of range or
+/// not a number (a bad value was silently ignored, and 1 byte rotated on every write).
+pub fn env_rotation() -> Result<(Option<u64>, Option<u32>)> {
+    let get = |name: &str, min: u64, max: u64| -> Result<Option<u64>> {
+        let Ok(raw) = std::env::var(name) else {
+            return Ok(None);
+        };
+        match raw.trim().parse::<u64>() {
+            Ok(n) if (min..=max).contains(&n) => Ok(Some(n)),
+            _ => Err(Error::Invalid(format!(
+                "{name}={raw:?}: not a whole number in {min}..={max}"
+            ))),
+        }
+    };
+    let max_bytes = get("CORRAL_EVENTS_MAX_BYTES", MIN_MAX_BYTES, MAX_MAX_BYTES)?;
+    let keep = get("CORRAL_EVENTS_KEEP", 1, u64::from(MAX_KEEP))?;
+    Ok((max_bytes, keep.map(|k| k as u32)))
+}
+
 /// Rotation settings: from `events` in the heartbeat policy, overridden by
 /// `CORRAL_EVENTS_MAX_BYTES` / `CORRAL_EVENTS_KEEP`.
 #[derive(Debug, Clone, Copy)]
@@ -199,17 +219,16 @@ impl Rotation {
                 r.keep = n.min(u64::from(u32::MAX)) as u32;
             }
         }
-        if let Some(n) = std::env::var("CORRAL_EVENTS_MAX_BYTES")
-            .ok()
-            .and_then(|v| v.trim().parse().ok())
-        {
-            r.max_bytes = n;
-        }
-        if let Some(n) = std::env::var("CORRAL_EVENTS_KEEP")
-            .ok()
-            .and_then(|v| v.trim().parse::<u64>().ok())
-        {
-            r.keep = n.min(u64::from(u32::MAX)) as u32;
+        match env_rotation() {
+            Ok((max_bytes, keep)) => {
+                r.max_bytes = max_bytes.unwrap_or(r.max_bytes);
+                r.keep = keep.unwrap_or(r.keep);
+            }
+            Err(e) => {
+                // Logging itself must not fail: say it once, and keep the policy's.
+                static SAID: std::sync::Once = std::sync::Once::new();
+                SAID.call_once(|| tracing::warn!("{e}; using the policy's event rotation"));
+            }
         }
         // Logging must never fail or spin on a bad setting (S5): a keep of 0 or four
         // billion, or a size of a few bytes, is brought into the range the policy schema

@@ -131,6 +131,7 @@ pub fn effective_policy_doc(home: &Home, overrides: &[(String, Value)]) -> Resul
 /// force, the monitor's own keys included.
 pub fn print_config(home: &Home, overrides: &[(String, Value)]) -> Result<Value> {
     let p = effective_policy(home, overrides)?;
+    crate::events::env_rotation()?;
     let net = sys::network_fs(&home.coordination());
     let s = Settings::of(&p, net.is_some());
     let mut v = serde_json::to_value(&p).map_err(|e| Error::Internal(e.to_string()))?;
@@ -147,6 +148,12 @@ pub fn print_config(home: &Home, overrides: &[(String, Value)]) -> Result<Value>
                 .unwrap_or_else(|| "local (inotify)".into())
                 .into(),
         );
+        // What writers use: the policy's, with CORRAL_EVENTS_* on top.
+        let r = crate::events::Rotation::for_home(home);
+        o.insert(
+            "events".into(),
+            serde_json::json!({"max_bytes": r.max_bytes, "keep": r.keep}),
+        );
     }
     Ok(v)
 }
@@ -154,6 +161,7 @@ pub fn print_config(home: &Home, overrides: &[(String, Value)]) -> Result<Value>
 /// Runs the monitor: one pass with `once`, else the daemon until SIGTERM/SIGINT. A second
 /// monitor on the same home is refused (exit 5).
 pub fn run(home: &Home, opts: &Options) -> Result<()> {
+    crate::events::env_rotation()?;
     let lock_path = home.named_lock("heartbeat-monitor");
     let _singleton = store::try_lock(&lock_path)?.ok_or_else(|| {
         Error::Conflict(format!(

@@ -251,3 +251,37 @@ fn thresholds_and_intervals_out_of_range_are_refused_and_the_fleet_is_left_alone
         &["--once", "--zombie-seconds", "60", "--poll-interval", "0.1"],
     );
 }
+
+/// `CORRAL_EVENTS_MAX_BYTES` / `CORRAL_EVENTS_KEEP` (S5): `--print-config` shows what the
+/// writers use (it showed the policy's while the environment's applied), and a value that
+/// is not a number or out of the policy's range is refused by name (it was ignored, and 1
+/// byte rotated the log on nearly every write).
+#[test]
+fn event_rotation_overrides_are_shown_and_range_checked() {
+    let s = crate::support::Scene::new();
+    let mut c = s.cmd("heartbeat-monitor");
+    c.env("CORRAL_EVENTS_MAX_BYTES", "20000")
+        .env("CORRAL_EVENTS_KEEP", "2")
+        .arg("--print-config");
+    let out = crate::support::run_with_timeout(&mut c, std::time::Duration::from_secs(30));
+    assert_eq!(out.status.code(), Some(0));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
+    assert_eq!(
+        v["events"],
+        serde_json::json!({"max_bytes": 20000, "keep": 2})
+    );
+    for (k, bad) in [
+        ("CORRAL_EVENTS_MAX_BYTES", "1"),
+        ("CORRAL_EVENTS_MAX_BYTES", "banana"),
+        ("CORRAL_EVENTS_KEEP", "-3"),
+    ] {
+        for args in [&["--print-config"][..], &["--once", "-q"][..]] {
+            let mut c = s.cmd("heartbeat-monitor");
+            c.env(k, bad).args(args);
+            let out = crate::support::run_with_timeout(&mut c, std::time::Duration::from_secs(30));
+            let err = crate::support::stderr(&out);
+            assert_eq!(out.status.code(), Some(6), "{k}={bad} {args:?}: {err}");
+            assert!(err.contains(k), "{err}");
+        }
+    }
+}
