@@ -292,7 +292,12 @@ impl Task {
     fn shrink_result(&mut self, max: usize) {
         let Some(r) = &self.result else { return };
         if r.get("truncated") == Some(&Value::Bool(true)) && r.get("head").is_some() {
-            // Already a marker: only its head may need to shrink.
+            // Already a marker (the work loop cuts a huge stdout while reading it): its size
+            // goes into the task's record of what was cut, as for a result cut here, and
+            // only its head may need to shrink.
+            if let Some(n) = r.get("bytes").and_then(Value::as_u64) {
+                self.truncated.entry("result".into()).or_insert(n);
+            }
             if let Some(h) = r.get("head").and_then(Value::as_str) {
                 if h.len() > max {
                     let mut r2 = r.clone();

@@ -689,6 +689,8 @@ fn a_truncated_result_records_every_byte_the_command_printed() {
     let r = &t["result"];
     assert_eq!(r["truncated"], true, "{t}");
     assert_eq!(r["bytes"], 3_000_000, "{r}");
+    // The task's own record of what was cut says so too (S9's marker, as for any result).
+    assert_eq!(t["truncated"]["result"], 3_000_000, "{t}");
     let head = r["head"].as_str().unwrap();
     assert!(
         !head.is_empty() && head.len() <= 16 * 1024 && head.bytes().all(|b| b == b'x'),
