@@ -15,8 +15,8 @@ pub use launch::{
     Claim, Launch,
 };
 pub use proof::{
-    alive_lock_free, group_members, lock_holders, stop_group, terminate, terminate_pid,
-    unrecorded_launch, GroupStop, Proof,
+    alive_lock_free, all_pids, environ_has, group_members, lock_holders, stop_group, terminate,
+    terminate_pid, unrecorded_launch, GroupStop, Proof,
 };
 
 use crate::error::{Error, Result};

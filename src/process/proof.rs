@@ -71,7 +71,7 @@ impl Proof {
 
 /// True when `/proc/<pid>/environ` (the environment the process was exec'd with) has the
 /// exact entry `entry`.
-fn environ_has(pid: i32, entry: &[u8]) -> bool {
+pub fn environ_has(pid: i32, entry: &[u8]) -> bool {
     std::fs::read(format!("/proc/{pid}/environ"))
         .map(|env| env.split(|b| *b == 0).any(|e| e == entry))
         .unwrap_or(false)
@@ -90,7 +90,7 @@ fn holds(pid: i32, key: (u64, u64)) -> bool {
 }
 
 /// Live pids of this boot, from `/proc`.
-fn all_pids() -> Vec<i32> {
+pub fn all_pids() -> Vec<i32> {
     std::fs::read_dir("/proc")
         .map(|rd| {
             rd.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())

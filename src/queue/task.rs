@@ -144,6 +144,17 @@ pub struct Task {
     pub extra: Map<String, Value>,
 }
 
+/// What stands for a result too long to keep: `bytes` of it in all, and the start of
+/// `text` (cut to 16 KiB). The work loop builds it while reading a huge stdout; a write of
+/// any other long result builds it here.
+pub(crate) fn result_marker(text: &str, bytes: u64) -> Value {
+    serde_json::json!({
+        "truncated": true,
+        "bytes": bytes,
+        "head": cut(text, RESULT_HEAD_BYTES),
+    })
+}
+
 /// Cuts `s` to at most `max` bytes on a character boundary.
 pub(crate) fn cut(s: &str, max: usize) -> &str {
     if s.len() <= max {
@@ -313,11 +324,7 @@ impl Task {
         }
         let len = text.len() as u64;
         self.truncated.insert("result".into(), len);
-        self.result = Some(serde_json::json!({
-            "truncated": true,
-            "bytes": len,
-            "head": cut(&text, RESULT_HEAD_BYTES.min(max)),
-        }));
+        self.result = Some(result_marker(cut(&text, max), len));
     }
 
     /// The file name this task has while pending: claim order is name order.
