@@ -913,7 +913,7 @@ fn a_bulk_line_over_the_size_limit_is_refused_without_reading_it_whole() {
         }
         stdin.write_all(b"\"\n5\n")
     });
-    let out = run_child_with_timeout(child, Duration::from_secs(120));
+    let out = crate::support::child_output_within(child, Duration::from_secs(120), "task-queue");
     let _ = feeder.join();
     let err = stderr(&out);
     assert_eq!(out.status.code(), Some(6), "{err}");
@@ -928,22 +928,4 @@ fn a_bulk_line_over_the_size_limit_is_refused_without_reading_it_whole() {
     let stats: Value =
         serde_json::from_str(&s.ok("task-queue", &["stats", "--format", "json"])).unwrap();
     assert_eq!(stats["counts"]["pending"]["b"], 3, "{stats}");
-}
-
-/// Waits for a spawned child's output (its stdin already taken), killing it after
-/// `timeout`.
-fn run_child_with_timeout(child: Child, timeout: Duration) -> std::process::Output {
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    match rx.recv_timeout(timeout) {
-        Ok(out) => out.expect("wait"),
-        Err(_) => {
-            // SAFETY: a plain kill(2) of the child this test started.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            panic!("task-queue timed out after {timeout:?}");
-        }
-    }
 }

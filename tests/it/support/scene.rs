@@ -217,6 +217,12 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
     let child = cmd
         .spawn()
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    child_output_within(child, timeout, &format!("{cmd:?}"))
+}
+
+/// Waits for a spawned child's output (what it was to read already given), killing it and
+/// failing the test (naming `what`) after `timeout`.
+pub fn child_output_within(child: std::process::Child, timeout: Duration, what: &str) -> Output {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -226,7 +232,7 @@ pub fn run_with_timeout(cmd: &mut Command, timeout: Duration) -> Output {
         Ok(out) => out.expect("wait"),
         Err(_) => {
             let _ = Command::new("kill").args(["-9", &pid.to_string()]).status();
-            panic!("{cmd:?} timed out after {timeout:?}");
+            panic!("{what} timed out after {timeout:?}");
         }
     }
 }
