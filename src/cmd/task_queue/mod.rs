@@ -3,9 +3,9 @@
 //! Flags become options and library calls (`crate::queue`); this layer only prints and ties
 //! the queue to worker lifecycles: a claim by an active worker sets the worker's `task_id`
 //! and `status: running` through `lifecycle::heartbeat`, completion sets it `idle` again,
-//! and the `work` loop beats through a [`queue::work::Liveness`] defined here. That coupling
-//! lives here because `queue` sits below `lifecycle` in the layering. Durations are parsed
-//! with `time::parse_secs` after clap, so a bad one exits 6 (invalid input), not 2.
+//! and the `work` loop beats through a [`queue::work::Liveness`] defined in `work`. That
+//! coupling lives here because `queue` sits below `lifecycle` in the layering. Durations are
+//! parsed with `time::parse_secs` after clap, so a bad one exits 6 (invalid input), not 2.
 
 use crate::cli::{self, Format, Global};
 use crate::error::{Error, Result};
@@ -13,7 +13,6 @@ use crate::home::{Home, TaskState};
 use crate::lifecycle::{self, Beat};
 use crate::policy::HeartbeatPolicy;
 use crate::queue::policy::{policy_doc, policy_secs, Retention};
-use crate::queue::work::{Liveness, NoSpec, Work, WorkOptions, WorkSummary};
 use crate::queue::{self, Caller, Claimer, EnqueueRequest, Task};
 use crate::spec::{Priority, Status};
 use crate::time;
@@ -502,39 +501,6 @@ fn json_arg(what: &str, text: Option<&str>, file: Option<&str>) -> Result<Option
         .map_err(|e| Error::Invalid(format!("{what} is not valid JSON: {e}")))
 }
 
-/// `show`: the task file as JSON unless `--format table` asks for `field: value` lines.
-fn show(home: &Home, a: ShowArgs) -> Result<()> {
-    let v = queue::find(home, &task_id(home, &a.task)?)?
-        .task
-        .to_value()?;
-    match a.format.unwrap_or(Format::Json) {
-        Format::Json => cli::out_json(&v),
-        Format::Jsonl => cli::out_jsonl(&v),
-        Format::Table => cli::out(show_table(&v)),
-    }
-}
-
-/// One `field: value` line per top-level field of the task, in the file's order: strings
-/// as they are (escaped as `list` shows names: control characters and newlines never reach
-/// the terminal raw, a field is always one line), other values as compact JSON (escaped
-/// the same way).
-fn show_table(v: &Value) -> String {
-    let Some(m) = v.as_object() else {
-        return v.to_string();
-    };
-    let width = m.keys().map(|k| k.len()).max().unwrap_or(0) + 1;
-    let mut out = String::new();
-    for (k, x) in m {
-        let text = match x {
-            Value::String(s) => crate::view::term::escape_line(s).into_owned(),
-            other => crate::view::term::escape_line(&other.to_string()).into_owned(),
-        };
-        out.push_str(&format!("{:<width$} {text}\n", format!("{k}:")));
-    }
-    out.pop();
-    out
-}
-
 fn print_task(format: Format, t: &Task) -> Result<()> {
     let v = t.to_value()?;
     match format {
@@ -891,107 +857,6 @@ fn purge(home: &Home, a: PurgeArgs) -> Result<()> {
     }
 }
 
-/// The work loop's beats for a worker spec (`lifecycle::heartbeat`).
-struct SpecBeats<'h> {
-    home: &'h Home,
-    worker: String,
-}
-
-impl Liveness for SpecBeats<'_> {
-    fn beat(&mut self, task: Option<&str>, jobs: u64) -> bool {
-        let status = if task.is_some() {
-            Status::Running
-        } else {
-            Status::Idle
-        };
-        match beat(self.home, &self.worker, status, task, jobs) {
-            Ok(()) => {
-                tracing::debug!("heartbeat sent - status: {status}");
-                true
-            }
-            Err(Error::Conflict(m)) => {
-                tracing::info!("{m}");
-                false
-            }
-            Err(e) => {
-                tracing::warn!("heartbeat failed: {e}");
-                true
-            }
-        }
-    }
-
-    fn is_worker(&self) -> bool {
-        true
-    }
-}
-
-fn work(home: &Home, a: WorkArgs) -> Result<()> {
-    let set = crate::process::signals::block(&crate::process::signals::STOP_AND_RELOAD)?;
-    let doc = policy_doc(home);
-    let opts = WorkOptions {
-        worker: a.worker.clone(),
-        classes: a.classes.clone(),
-        command: a.command.clone(),
-        max_tasks: a.max_tasks,
-        idle_exit: secs("--idle-exit", &a.idle_exit)?,
-        lease: lease_or_default(home, &a.lease)?,
-        heartbeat_interval: secs("--heartbeat-interval", &Some(a.heartbeat_interval.clone()))?
-            .unwrap_or(5.0),
-        task_timeout: secs("--task-timeout", &a.task_timeout)?.filter(|s| *s > 0.0),
-        kill_grace: match secs("--kill-grace", &a.kill_grace)? {
-            Some(g) => g,
-            None => policy_secs(&doc, "grace_seconds").unwrap_or(5.0),
-        },
-        poll_interval: poll_interval(home, &a.poll_interval)?,
-    };
-    refuse_dead_worker(home, &a.worker)?;
-    let summary = if queue::is_active_worker(home, &a.worker) {
-        let live = SpecBeats {
-            home,
-            worker: a.worker.clone(),
-        };
-        run_loop(Work::new(home, opts, live)?, set)?
-    } else {
-        run_loop(Work::new(home, opts, NoSpec)?, set)?
-    };
-    if queue::is_active_worker(home, &a.worker) && !summary.stopped && !summary.worker_gone {
-        complete_if_own_process(home, &a.worker, summary.tasks);
-    }
-    Ok(())
-}
-
-fn run_loop<L: Liveness>(w: Work<'_, L>, set: nix::sys::signal::SigSet) -> Result<WorkSummary> {
-    let stopper = w.stopper();
-    std::thread::spawn(move || {
-        while let Ok(sig) = set.wait() {
-            tracing::info!("received {sig:?}: finishing the current task, then exiting");
-            stopper.stop();
-        }
-    });
-    w.run()
-}
-
-/// When this loop is the worker's own launched process (`exec task-queue work …`) and it
-/// ends by itself (`--idle-exit`, `--max-tasks`), the worker has finished: report completion,
-/// so the monitor does not take the exit for a crash and restart it. On SIGTERM the stopper
-/// records the stop instead; a loop run by some other process of the worker leaves the
-/// worker's fate to that process.
-fn complete_if_own_process(home: &Home, worker: &str, done: u64) {
-    let own = crate::spec::load(home, worker)
-        .ok()
-        .and_then(|l| l.spec.process.map(|p| p.pid))
-        == Some(std::process::id() as i32);
-    if !own {
-        return;
-    }
-    let summary = format!("work loop ended after {done} task(s)");
-    match lifecycle::complete_worker(home, worker, Some(&summary)) {
-        Ok(_) => tracing::info!("worker {worker} completed: {summary}"),
-        Err(Error::Conflict(m)) => tracing::debug!("not completing {worker}: {m}"),
-        Err(e) => tracing::warn!("cannot complete worker {worker}: {e}"),
-    }
-}
-
 /// A task id as typed: the whole id or a unique prefix (`lookup::resolve_task`: exit 5 with
 /// the candidates when it is ambiguous, 3 when nothing matches). Worker names given with
 /// `--worker` are not resolved: any name may claim (a non-worker holds a lease), so a
@@ -999,3 +864,8 @@ fn complete_if_own_process(home: &Home, worker: &str, done: u64) {
 fn task_id(home: &Home, token: &str) -> Result<String> {
     crate::lookup::resolve_task(home, token)
 }
+
+mod show;
+mod work;
+use show::show;
+use work::work;
