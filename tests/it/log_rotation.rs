@@ -13,8 +13,11 @@ use std::time::Duration;
 
 const LINES: usize = 20_000;
 
-/// Every piece of the log, oldest first, as one byte stream.
+/// Every piece of the log, oldest first, as one byte stream. Read under the shared lock
+/// every reader takes: a rotation renumbers the pieces, so a listing taken without it can
+/// name a file that is gone a moment later.
 fn stream(dir: &Path) -> Vec<u8> {
+    let _lock = corral::logrotate::read_lock(dir).expect("log directory lock");
     let mut pieces: Vec<(u32, std::path::PathBuf)> = std::fs::read_dir(dir)
         .unwrap()
         .flatten()
