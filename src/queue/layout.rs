@@ -188,25 +188,39 @@ pub fn names_read() -> u64 {
     LISTED.with(std::cell::Cell::get)
 }
 
-/// Names of the entries of a directory (none when it does not exist).
+/// Names of the entries of a directory (none when it does not exist). On NFS a bucket
+/// another host removed when it emptied answers with a stale handle rather than "no such
+/// directory": the listing revalidates and tries again (`netfs::retry_estale`), so a bucket
+/// that is gone reads as empty instead of failing a claim or a `work` loop.
 pub fn list_names(dir: &Path) -> Result<Vec<String>> {
+    let mut read = 0;
+    let out = crate::netfs::retry_estale(dir, || {
+        read = 0;
+        list_once(dir, &mut read)
+    })
+    .map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
+    LISTED.with(|c| c.set(c.get() + read));
+    Ok(out)
+}
+
+fn list_once(dir: &Path, read: &mut u64) -> std::io::Result<Vec<String>> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(Error::io(format!("cannot list {}", dir.display()), e)),
+        Err(e) => return Err(e),
     };
     let mut out = Vec::new();
     for e in rd {
         match e {
             Ok(e) => {
-                LISTED.with(|c| c.set(c.get() + 1));
+                *read += 1;
                 if let Ok(n) = e.file_name().into_string() {
                     out.push(n);
                 }
             }
             // The directory went away under us (removed when empty): it had nothing.
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
-            Err(e) => return Err(Error::io(format!("cannot list {}", dir.display()), e)),
+            Err(e) => return Err(e),
         }
     }
     Ok(out)
