@@ -89,7 +89,7 @@ pub fn init_logging(g: &Global) {
             TIME_FORMAT.into(),
         ))
         .with_ansi(stderr_color())
-        .with_writer(std::io::stderr)
+        .with_writer(|| OneLine(std::io::stderr()))
         .with_target(false)
         .try_init();
 }
@@ -117,7 +117,7 @@ pub fn init_daemon_logging(
             tracing_subscriber::fmt::layer()
                 .with_timer(timer())
                 .with_ansi(stderr_color())
-                .with_writer(std::io::stderr)
+                .with_writer(|| OneLine(std::io::stderr()))
                 .with_target(false)
                 .with_filter(filter(g, "info")),
         )
@@ -125,12 +125,45 @@ pub fn init_daemon_logging(
             tracing_subscriber::fmt::layer()
                 .with_timer(timer())
                 .with_ansi(false)
-                .with_writer(writer)
+                .with_writer(move || OneLine(writer.clone()))
                 .with_target(false)
                 .with_filter(filter(g, "info")),
         )
         .try_init();
     Ok(guard)
+}
+
+/// Keeps every log event on one line: a newline or carriage return inside an event (a file
+/// name, a worker's text, an error from elsewhere) is written as `\n` or `\r`, so nothing a
+/// worker controls can start a forged line in a log that operators `grep` and `tail -F`.
+/// The formatter hands over each event whole, ending in its one real newline.
+pub struct OneLine<W: Write>(pub W);
+
+impl<W: Write> Write for OneLine<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let body = buf.strip_suffix(b"\n").unwrap_or(buf);
+        if !body.iter().any(|&b| b == b'\n' || b == b'\r') {
+            self.0.write_all(buf)?;
+            return Ok(buf.len());
+        }
+        let mut out = Vec::with_capacity(buf.len() + 16);
+        for &b in body {
+            match b {
+                b'\n' => out.extend_from_slice(b"\\n"),
+                b'\r' => out.extend_from_slice(b"\\r"),
+                b => out.push(b),
+            }
+        }
+        if body.len() < buf.len() {
+            out.push(b'\n');
+        }
+        self.0.write_all(&out)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()
+    }
 }
 
 /// Size rotation of a daemon log: `CORRAL_LOG_MAX_BYTES` (default 16 MiB, at least 4 KiB)
@@ -277,7 +310,7 @@ pub fn run_main(name: &str, body: impl FnOnce() -> Result<()>) -> ExitCode {
         }
         Err(e) => {
             if !matches!(e, Error::CheckFailed(_)) || !e.to_string().is_empty() {
-                eprintln!("error: {e}");
+                eprintln!("error: {}", crate::view::term::escape_line(&e.to_string()));
             }
             if let Some(h) = e.hint() {
                 eprintln!("{h}");
@@ -313,37 +346,27 @@ pub fn out_jsonl(v: &serde_json::Value) -> Result<()> {
     out(v.to_string())
 }
 
-/// Renders rows as aligned columns with a header.
-pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
-    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
-    for r in rows {
-        for (i, c) in r.iter().enumerate() {
-            if i < widths.len() {
-                widths[i] = widths[i].max(c.chars().count());
-            }
-        }
-    }
-    let line = |cells: Vec<&str>| {
-        let mut s = String::new();
-        for (i, c) in cells.iter().enumerate() {
-            if i + 1 == cells.len() {
-                s.push_str(c);
-            } else {
-                s.push_str(&format!("{c:<w$}  ", w = widths[i]));
-            }
-        }
-        s.trim_end().to_string()
-    };
-    let mut out = vec![line(header.to_vec())];
-    for r in rows {
-        out.push(line(r.iter().map(String::as_str).collect()));
-    }
-    out.join("\n")
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_log_event_stays_on_one_line_whatever_its_text() {
+        let write = |events: &[&[u8]]| {
+            let mut w = OneLine(Vec::new());
+            for e in events {
+                w.write_all(e).expect("write");
+            }
+            String::from_utf8(w.0).expect("utf-8")
+        };
+        assert_eq!(write(&[b"plain\n", b"next\n"]), "plain\nnext\n");
+        assert_eq!(
+            write(&[b"WARN bad /a\nFORGED\rx\n"]),
+            "WARN bad /a\\nFORGED\\rx\n"
+        );
+        assert_eq!(write(&[b"no end\nhere"]), "no end\\nhere");
+        assert_eq!(write(&[b"\n"]), "\n");
+    }
 
     #[test]
     fn colour_only_on_a_terminal_without_no_color() {

@@ -758,7 +758,7 @@ pub fn render(s: &Status) -> String {
                 ]
             })
             .collect();
-        out.push(crate::cli::table(
+        out.push(crate::view::term::table(
             &[
                 "  CLASS",
                 "PENDING",

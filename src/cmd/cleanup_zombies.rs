@@ -6,6 +6,7 @@ use crate::cleanup::{self, CleanupItem, CleanupOptions, CleanupReport};
 use crate::cli::{self, Format, Global};
 use crate::cmd::stop_worker::grace_or_policy;
 use crate::error::{Error, Result};
+use crate::view::term::escape_line;
 use clap::Parser;
 use std::process::ExitCode;
 
@@ -172,7 +173,7 @@ fn print(format: Format, report: &CleanupReport) -> Result<()> {
             let rows: Vec<Vec<String>> = items().map(|i| row(i, report.dry_run, &short)).collect();
             let mut text = String::new();
             if !rows.is_empty() {
-                text.push_str(&cli::table(
+                text.push_str(&crate::view::term::table(
                     &["WORKER", "FROM", "ACTION", "PROCESS", "TOKENS_RELEASED"],
                     &rows,
                 ));
@@ -184,7 +185,9 @@ fn print(format: Format, report: &CleanupReport) -> Result<()> {
                 } else {
                     "quarantined"
                 };
-                text.push_str(&format!("{verb} {}: {}\n", q.path, q.reason));
+                // File names and reasons come from whatever sat in the home: one line each.
+                text.push_str(&escape_line(&format!("{verb} {}: {}", q.path, q.reason)));
+                text.push('\n');
             }
             for c in &report.containers {
                 let what = match c.action {
@@ -192,8 +195,8 @@ fn print(format: Format, report: &CleanupReport) -> Result<()> {
                     "would_remove" => "would remove container",
                     _ => "could not remove container",
                 };
-                text.push_str(&format!(
-                    "{what} {} ({}, {}: {}){}\n",
+                text.push_str(&escape_line(&format!(
+                    "{what} {} ({}, {}: {}){}",
                     c.name,
                     c.engine,
                     c.state,
@@ -202,7 +205,8 @@ fn print(format: Format, report: &CleanupReport) -> Result<()> {
                         .as_deref()
                         .map(|e| format!(": {e}"))
                         .unwrap_or_default()
-                ));
+                )));
+                text.push('\n');
             }
             let released: u64 = report.workers.iter().map(|i| i.tokens_released).sum();
             if report.skipped.is_none() {

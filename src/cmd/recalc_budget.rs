@@ -87,7 +87,7 @@ fn run(cli: Cli) -> Result<()> {
             } else {
                 ["", "before", "after", "drift"]
             };
-            cli::out(cli::table(&head, &rows))?;
+            cli::out(crate::view::term::table(&head, &rows))?;
             cli::out(format!(
                 "live workers {}, finished this period {}, unreadable specs {}",
                 d.recount.live_workers, d.recount.finished_workers, d.recount.unreadable_specs

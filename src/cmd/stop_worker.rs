@@ -173,7 +173,7 @@ fn print(format: Format, results: &[StopResult]) -> Result<()> {
                     ],
                 })
                 .collect();
-            cli::out(cli::table(
+            cli::out(crate::view::term::table(
                 &["WORKER", "RESULT", "PROCESS", "TOKENS_RELEASED"],
                 &rows,
             ))

@@ -816,3 +816,53 @@ fn help_texts_refer_to_nothing_outside_the_repo() {
         }
     }
 }
+
+/// Text that sat in the home, or in the environment, reaches the operator as one escaped
+/// line wherever a command prints it: `cleanup-zombies`' report and its log line for a file
+/// whose name holds an escape sequence and a newline, and the one `error:` line of a failed
+/// command. Regression: the report wrote the raw escape (a cleared screen), and the newline
+/// started a forged line in the report, the log and the error.
+#[test]
+fn names_from_the_home_can_neither_forge_lines_nor_drive_the_terminal() {
+    let mut s = Scene::new();
+    let evil = "x\u{1b}[2J\nFORGED.json";
+    std::fs::write(
+        s.coord().join("worker-specs/zombie").join(evil),
+        b"{\"junk\":1}",
+    )
+    .expect("write the hostile file");
+    let out = s.code("cleanup-zombies", &[], 0);
+    let shown = "x\\x1b[2J\\nFORGED.json";
+    for (what, text) in [("stdout", stdout(&out)), ("stderr", stderr(&out))] {
+        assert!(
+            !text.contains('\u{1b}'),
+            "{what} drives the terminal: {text:?}"
+        );
+        assert!(
+            text.lines().all(|l| !l.starts_with("FORGED")),
+            "{what} has a forged line: {text:?}"
+        );
+        assert!(
+            text.contains(shown),
+            "{what} does not name the file: {text:?}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(s.coord().join("quarantine"))
+            .expect("quarantine")
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().ends_with("FORGED.json")),
+        "the hostile file was set aside"
+    );
+    s.set_env("CORRAL_HOME", "/nonexistent/home\nFORGED line");
+    let out = s.run("corral", &["status"]);
+    assert_ne!(out.status.code(), Some(0));
+    let err = stderr(&out);
+    assert!(
+        err.lines().next().is_some_and(
+            |l| l.starts_with("error: ") && l.contains("/nonexistent/home\\nFORGED line")
+        ),
+        "{err:?}"
+    );
+    assert!(err.lines().all(|l| !l.starts_with("FORGED")), "{err:?}");
+}

@@ -211,13 +211,13 @@ pub fn run(home: &Home, c: TypeCommand) -> Result<()> {
                             ]
                         })
                         .collect();
-                    cli::out(crate::view::term::escape(&cli::table(
+                    cli::out(crate::view::term::table(
                         &[
                             "TYPE", "TOKENS", "TIMEOUT", "RETRIES", "PRIORITY", "REPLICAS",
                             "COMMAND",
                         ],
                         &rows,
-                    )))
+                    ))
                 }
             }
         }
