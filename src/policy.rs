@@ -253,6 +253,17 @@ impl HeartbeatPolicy {
             self.pending_timeout_seconds,
             MIN_THRESHOLD_SECONDS,
         )?;
+        // A task processing for 0 s is not stuck: 0 would report every task at its claim.
+        at_least(
+            "stuck_task_seconds",
+            self.stuck_task_seconds,
+            MIN_THRESHOLD_SECONDS,
+        )?;
+        zero_or_at_least(
+            "starvation_seconds",
+            self.starvation_seconds,
+            MIN_THRESHOLD_SECONDS,
+        )?;
         zero_or_at_least(
             "heartbeat_interval_seconds",
             self.heartbeat_interval_seconds,
@@ -292,8 +303,9 @@ impl HeartbeatPolicy {
 }
 
 /// The shortest heartbeat threshold (`warning_seconds`, `critical_seconds`,
-/// `zombie_seconds`, `pending_timeout_seconds`; `heartbeat_interval_seconds` and
-/// `idle_timeout_seconds` unless 0 = off).
+/// `zombie_seconds`, `pending_timeout_seconds`, `stuck_task_seconds`;
+/// `heartbeat_interval_seconds`, `idle_timeout_seconds` and `starvation_seconds` unless
+/// 0 = off).
 pub const MIN_THRESHOLD_SECONDS: f64 = 0.1;
 /// The shortest poll and sample intervals of the monitor.
 pub const MIN_MONITOR_INTERVAL_SECONDS: f64 = 0.1;
@@ -506,6 +518,8 @@ mod tests {
                 json!({"maintain_interval_seconds": 0}),
                 "/maintain_interval_seconds",
             ),
+            (json!({"stuck_task_seconds": 0}), "/stuck_task_seconds"),
+            (json!({"starvation_seconds": 0.01}), "/starvation_seconds"),
         ] {
             let err = HeartbeatPolicy::from_value(doc.clone()).unwrap_err();
             assert_eq!(err.exit_code(), 6, "{doc}");
@@ -525,6 +539,7 @@ mod tests {
             json!({"poll_interval_seconds": null, "sample_interval_seconds": 0.2,
                    "maintain_interval_seconds": 0.05}),
             json!({"zombie_seconds": 0.1}),
+            json!({"stuck_task_seconds": 0.1, "starvation_seconds": 0}),
         ] {
             HeartbeatPolicy::from_value(doc.clone()).unwrap_or_else(|e| panic!("{doc}: {e}"));
         }

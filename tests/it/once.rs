@@ -214,6 +214,8 @@ fn thresholds_and_intervals_out_of_range_are_refused_and_the_fleet_is_left_alone
         "WARNING_SECONDS",
         "CRITICAL_SECONDS",
         "PENDING_TIMEOUT_SECONDS",
+        // 0 reported every task stuck at its claim.
+        "STUCK_TASK_SECONDS",
     ] {
         for v in ["0", "1e-300"] {
             let var = format!("CORRAL_HEARTBEAT__{key}");
