@@ -391,8 +391,15 @@ pub fn gather(home: &Home, now: Timestamp) -> Result<Status> {
     let mut counts = WorkerCounts::default();
     let mut attention = Vec::new();
     let active = workers::load(home, &[StateDir::Active], now)?;
-    counts.unreadable_specs = active.unreadable.len() as u64;
-    for r in &active.rows {
+    // A file whose content names no worker, or another one, is no worker (S9): counted with
+    // the unreadable ones rather than as a healthy worker of unknown type.
+    let strays = active
+        .rows
+        .iter()
+        .filter(|r| r.not_a_spec.is_some())
+        .count();
+    counts.unreadable_specs = (active.unreadable.len() + strays) as u64;
+    for r in active.rows.iter().filter(|r| r.not_a_spec.is_none()) {
         *counts.active_by_status.entry(r.status.clone()).or_default() += 1;
         *counts.active_by_health.entry(r.health.clone()).or_default() += 1;
         if needs_watching(r) {
@@ -411,7 +418,7 @@ pub fn gather(home: &Home, now: Timestamp) -> Result<Status> {
     attention.sort_by(|a, b| a.worker_id.cmp(&b.worker_id));
     counts
         .by_state_dir
-        .insert("active".into(), active.rows.len() as u64);
+        .insert("active".into(), (active.rows.len() - strays) as u64);
     for d in [StateDir::Completed, StateDir::Zombie, StateDir::Archived] {
         let n = crate::store::list_json(&home.specs_dir(d))?.len() as u64;
         counts.by_state_dir.insert(d.name().into(), n);
@@ -444,7 +451,7 @@ pub fn gather(home: &Home, now: Timestamp) -> Result<Status> {
     }
     if counts.unreadable_specs > 0 {
         problems.push(format!(
-            "{} unreadable spec file(s) in active/ (run `corral doctor`)",
+            "{} unreadable or invalid spec file(s) in active/ (run `corral doctor`)",
             counts.unreadable_specs
         ));
     }

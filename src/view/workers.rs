@@ -60,6 +60,11 @@ pub struct WorkerRow {
     pub completed_at: Option<Timestamp>,
     /// Seconds from start (or creation) to the end, or to now while the worker lives.
     pub uptime_seconds: Option<f64>,
+    /// Why the file is no worker's spec, when its content names no worker or another one
+    /// than its file name (DESIGN §6 S9: never acted on). The row still shows, so a stray
+    /// file is seen; `corral status` counts it as a problem, as `corral doctor` does.
+    #[serde(skip)]
+    pub not_a_spec: Option<String>,
 }
 
 /// The shown fields of a spec, typed loosely; everything else is skipped unbuilt.
@@ -199,7 +204,13 @@ impl RawSpec {
             (Some(a), Some(b)) => Some(super::secs_between(a, b)),
             _ => None,
         };
+        let not_a_spec = match &self.worker_id {
+            None => Some("it names no worker_id".to_string()),
+            Some(w) if w != file_id => Some(format!("it names worker {w:?}")),
+            Some(_) => None,
+        };
         WorkerRow {
+            not_a_spec,
             worker_id: self.worker_id.unwrap_or_else(|| file_id.to_string()),
             worker_type: self.worker_type.unwrap_or_else(|| "unknown".into()),
             state_dir: dir,

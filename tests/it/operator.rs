@@ -866,3 +866,44 @@ fn names_from_the_home_can_neither_forge_lines_nor_drive_the_terminal() {
     );
     assert!(err.lines().all(|l| !l.starts_with("FORGED")), "{err:?}");
 }
+
+/// A copy of a live worker's spec under another name, and a stray JSON file, in `active/`
+/// are no workers (S9): `corral status` counts them as invalid spec files, a problem, as
+/// `corral doctor` does, not as more healthy workers. Regression: status showed `active 3
+/// (unknown 1)`, `health healthy 3` and "ok: no problems" while doctor reported both files.
+#[test]
+fn status_counts_a_cloned_or_stray_spec_as_a_problem_not_as_a_worker() {
+    let s = Scene::new();
+    let r = Reaper::default();
+    let id = launch(&s, &["sleep", "300"]);
+    r.group(worker_pid(&s, &id));
+    let active = s.coord().join("worker-specs/active");
+    std::fs::copy(active.join(format!("{id}.json")), active.join("clone.json"))
+        .expect("copy the spec");
+    std::fs::write(active.join("stray.json"), b"{\"junk\":1}").expect("write a stray file");
+    let v = json_of(&s.code("corral", &["status", "--format", "json"], 10));
+    assert_eq!(v["workers"]["by_state_dir"]["active"], 1, "{v:#}");
+    assert_eq!(v["workers"]["unreadable_specs"], 2, "{v:#}");
+    let health: u64 = v["workers"]["active_by_health"]
+        .as_object()
+        .expect("health counts")
+        .values()
+        .filter_map(Value::as_u64)
+        .sum();
+    assert_eq!(health, 1, "only the worker has a health: {v:#}");
+    assert!(
+        v["problems"].as_array().expect("problems").iter().any(|p| p
+            .as_str()
+            .is_some_and(|p| p.starts_with("2 unreadable or invalid spec"))),
+        "{v:#}"
+    );
+    let doctor = stdout(&s.code("corral", &["doctor"], 10));
+    assert_eq!(
+        doctor
+            .lines()
+            .filter(|l| l.contains("clone.json") || l.contains("stray.json"))
+            .count(),
+        2,
+        "{doctor}"
+    );
+}
