@@ -457,13 +457,12 @@ fn read_guarded_once(path: &Path) -> std::result::Result<Vec<u8>, ReadError> {
 
 /// The checks and the read of [`read_guarded`] on a file opened from `path`.
 fn read_opened(f: File, path: &Path) -> std::result::Result<Vec<u8>, ReadError> {
-    let meta = f
-        .metadata()
+    let meta = fresh_stat(&f)
         .map_err(|e| ReadError::Io(Error::io(format!("cannot stat {}", path.display()), e)))?;
-    if !meta.is_file() {
+    if !meta.is_file {
         return Err(ReadError::Refused("not a regular file".into()));
     }
-    if meta.nlink() == 0 {
+    if meta.nlink == 0 {
         // Replaced by a rename since the name was looked up: on NFS a cached name can lead
         // to the old file while the server still holds it open, and a read would succeed
         // with old content. Stale: the caller revalidates the directory and reads again.
@@ -472,13 +471,13 @@ fn read_opened(f: File, path: &Path) -> std::result::Result<Vec<u8>, ReadError> 
             std::io::Error::from_raw_os_error(libc::ESTALE),
         )));
     }
-    if meta.len() > MAX_FILE_BYTES {
+    if meta.len > MAX_FILE_BYTES {
         return Err(ReadError::Refused(format!(
             "file too large ({} bytes, limit {MAX_FILE_BYTES})",
-            meta.len()
+            meta.len
         )));
     }
-    let mut buf = Vec::with_capacity(meta.len() as usize);
+    let mut buf = Vec::with_capacity(meta.len as usize);
     f.take(MAX_FILE_BYTES + 1)
         .read_to_end(&mut buf)
         .map_err(|e| ReadError::Io(Error::io(format!("cannot read {}", path.display()), e)))?;
@@ -486,6 +485,43 @@ fn read_opened(f: File, path: &Path) -> std::result::Result<Vec<u8>, ReadError> 
         return Err(ReadError::Refused("file too large".into()));
     }
     Ok(buf)
+}
+
+/// What [`read_opened`] checks of an open file.
+struct FreshStat {
+    is_file: bool,
+    nlink: u64,
+    len: u64,
+}
+
+/// The open file's type, link count and size as the server has them now. On NFS a plain
+/// `fstat` may answer from the attribute cache: an open that reused a cached name and open
+/// state finds the file another host replaced still linked, and its cached pages are read
+/// as current. `AT_STATX_FORCE_SYNC` asks the server (a no-op on local filesystems).
+fn fresh_stat(f: &File) -> std::io::Result<FreshStat> {
+    use rustix::fs::{AtFlags, StatxFlags};
+    match rustix::fs::statx(
+        f,
+        "",
+        AtFlags::EMPTY_PATH | AtFlags::STATX_FORCE_SYNC,
+        StatxFlags::TYPE | StatxFlags::NLINK | StatxFlags::SIZE,
+    ) {
+        Ok(st) => Ok(FreshStat {
+            is_file: u32::from(st.stx_mode) & libc::S_IFMT == libc::S_IFREG,
+            nlink: u64::from(st.stx_nlink),
+            len: st.stx_size,
+        }),
+        // A kernel without statx (before 4.11): the plain fstat.
+        Err(rustix::io::Errno::NOSYS) => {
+            let m = f.metadata()?;
+            Ok(FreshStat {
+                is_file: m.is_file(),
+                nlink: m.nlink(),
+                len: m.len(),
+            })
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 impl ReadError {
