@@ -204,6 +204,7 @@ pub fn list_names(dir: &Path) -> Result<Vec<String>> {
 }
 
 fn list_once(dir: &Path, read: &mut u64) -> std::io::Result<Vec<String>> {
+    use crate::netfs::MaybeStale;
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -218,8 +219,11 @@ fn list_once(dir: &Path, read: &mut u64) -> std::io::Result<Vec<String>> {
                     out.push(n);
                 }
             }
-            // The directory went away under us (removed when empty): it had nothing.
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => break,
+            // The directory went away under us (removed when empty): it had nothing. On NFS
+            // the read of a directory removed since it was opened answers with a stale
+            // handle: gone all the same (a retry could only meet a newer bucket, which
+            // another host may remove again just as fast).
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound || e.is_stale() => break,
             Err(e) => return Err(e),
         }
     }
