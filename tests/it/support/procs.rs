@@ -234,6 +234,40 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// True once `pid` catches or blocks `sig`: a signal sent before its handler is in place
+/// takes the default action instead of the one a test is about.
+pub fn handles_signal(pid: i32, sig: i32) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+        return false;
+    };
+    let bit = 1u64 << (sig - 1);
+    text.lines()
+        .filter_map(|l| {
+            l.strip_prefix("SigCgt:")
+                .or_else(|| l.strip_prefix("SigBlk:"))
+        })
+        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
+        .any(|m| m & bit != 0)
+}
+
+/// The inotify watches `pid` holds (its `/proc/<pid>/fdinfo`): a waiter with one is asleep
+/// on inotify, not still starting.
+pub fn inotify_watches(pid: i32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .map(|rd| {
+            rd.flatten()
+                .map(|e| {
+                    std::fs::read_to_string(e.path())
+                        .unwrap_or_default()
+                        .lines()
+                        .filter(|l| l.starts_with("inotify wd:"))
+                        .count()
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 /// Start time (clock ticks since boot) of a process.
 pub fn start_ticks(pid: i32) -> u64 {
     stat(pid).expect("stat").2
