@@ -17,13 +17,7 @@ const T: Duration = Duration::from_secs(20);
 
 /// `/proc/<pid>/status` mask fields as numbers: (SigBlk, SigIgn).
 fn sig_masks(pid: i32) -> (u64, u64) {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
-            .unwrap_or_else(|| panic!("no {name} in {text}"))
-    };
+    let field = |name: &str| sig_mask(pid, name).unwrap_or_else(|| panic!("no {name} for {pid}"));
     (field("SigBlk:"), field("SigIgn:"))
 }
 

@@ -953,20 +953,6 @@ fn purge_keeps_a_completed_dependency_while_tasks_still_wait_for_it() {
     assert_eq!(claim(&s, &["--worker", "w"])["task_id"], "D3");
 }
 
-/// The inotify watches `pid` holds.
-fn inotify_watches(pid: u32) -> usize {
-    let Ok(rd) = std::fs::read_dir(format!("/proc/{pid}/fdinfo")) else {
-        return 0;
-    };
-    rd.flatten()
-        .map(|e| {
-            std::fs::read_to_string(e.path())
-                .map(|t| t.lines().filter(|l| l.starts_with("inotify wd:")).count())
-                .unwrap_or(0)
-        })
-        .sum()
-}
-
 #[test]
 fn wait_returns_when_a_waited_task_is_purged_after_it_ended() {
     let s = Scene::new();
@@ -981,7 +967,7 @@ fn wait_returns_when_a_waited_task_is_purged_after_it_ended() {
     let waiter = reaper.spawn(&mut c);
     let pid = waiter.id();
     assert!(crate::support::wait_until(Duration::from_secs(10), || {
-        inotify_watches(pid) >= 3
+        inotify_watches(pid as i32) >= 3
     }));
     std::thread::sleep(Duration::from_millis(200));
     let started = std::time::Instant::now();
@@ -1013,7 +999,7 @@ fn wait_returns_when_a_waited_task_is_purged_after_it_ended() {
     let waiter = reaper.spawn(&mut c);
     let pid = waiter.id();
     assert!(crate::support::wait_until(Duration::from_secs(10), || {
-        inotify_watches(pid) >= 3
+        inotify_watches(pid as i32) >= 3
     }));
     std::thread::sleep(Duration::from_millis(200));
     let started = std::time::Instant::now();

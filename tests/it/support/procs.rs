@@ -234,20 +234,22 @@ pub fn group_members(pgid: i32) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// A signal mask of `/proc/<pid>/status` (`"SigBlk:"`, `"SigIgn:"`, `"SigCgt:"`) as a
+/// number; `None` when the process or the field is gone.
+pub fn sig_mask(pid: i32, field: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|h| u64::from_str_radix(h.trim(), 16).ok())
+}
+
 /// True once `pid` catches or blocks `sig`: a signal sent before its handler is in place
 /// takes the default action instead of the one a test is about.
 pub fn handles_signal(pid: i32, sig: i32) -> bool {
-    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-        return false;
-    };
     let bit = 1u64 << (sig - 1);
-    text.lines()
-        .filter_map(|l| {
-            l.strip_prefix("SigCgt:")
-                .or_else(|| l.strip_prefix("SigBlk:"))
-        })
-        .filter_map(|v| u64::from_str_radix(v.trim(), 16).ok())
-        .any(|m| m & bit != 0)
+    ["SigCgt:", "SigBlk:"]
+        .iter()
+        .any(|f| sig_mask(pid, f).is_some_and(|m| m & bit != 0))
 }
 
 /// The inotify watches `pid` holds (its `/proc/<pid>/fdinfo`): a waiter with one is asleep
