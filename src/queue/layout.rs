@@ -189,21 +189,18 @@ pub fn names_read() -> u64 {
 }
 
 /// Names of the entries of a directory (none when it does not exist). On NFS a bucket
-/// another host removed when it emptied answers with a stale handle rather than "no such
-/// directory": the listing revalidates and tries again (`netfs::retry_estale`), so a bucket
-/// that is gone reads as empty instead of failing a claim or a `work` loop.
+/// another host removed answers with a stale handle rather than "no such directory": a
+/// stale open is revalidated and tried again (`netfs::retry_estale`), and a stale read of a
+/// directory that did open means it is gone, so a removed bucket reads as empty instead of
+/// failing a claim or a `work` loop.
 pub fn list_names(dir: &Path) -> Result<Vec<String>> {
-    let mut read = 0;
-    let out = crate::netfs::retry_estale(dir, || {
-        read = 0;
-        list_once(dir, &mut read)
-    })
-    .map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))?;
-    LISTED.with(|c| c.set(c.get() + read));
-    Ok(out)
+    crate::netfs::retry_estale(dir, || list_once(dir))
+        .map_err(|e| Error::io(format!("cannot list {}", dir.display()), e))
 }
 
-fn list_once(dir: &Path, read: &mut u64) -> std::io::Result<Vec<String>> {
+/// One listing. Only its `open` can be retried: a read error ends it (below), so entries
+/// are never counted twice in [`names_read`].
+fn list_once(dir: &Path) -> std::io::Result<Vec<String>> {
     use crate::netfs::MaybeStale;
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
@@ -214,7 +211,7 @@ fn list_once(dir: &Path, read: &mut u64) -> std::io::Result<Vec<String>> {
     for e in rd {
         match e {
             Ok(e) => {
-                *read += 1;
+                LISTED.with(|c| c.set(c.get() + 1));
                 if let Ok(n) = e.file_name().into_string() {
                     out.push(n);
                 }
